@@ -1,0 +1,28 @@
+# Two entry points: `make quickstart` (train the README's main job) and `make test`. Both set up .venv first.
+VENV := .venv
+PY := $(VENV)/bin/python
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: setup quickstart test lint
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# These two builds are the ones that install together here (torchvision from PyPI needs its matching torch).
+	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -q -e ".[dev]"
+	# The quickstart dataset (Fashion-MNIST) as a Debian package; elsewhere it is read from the Hub.
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null || true; fi
+	touch $@
+
+quickstart: setup
+	$(VENV)/bin/accelerate launch --config_file configs/accelerate/cpu.yaml scripts/train.py --config configs/quickstart.yaml
+
+test: setup
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -n 2 --durations=15
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

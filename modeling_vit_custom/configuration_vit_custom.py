@@ -1,0 +1,129 @@
+"""Configuration of the vit-custom Vision Transformer (defaults: timm's `vit_base_patch16_224`)."""
+
+from transformers import PretrainedConfig
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_vit_custom.ViTCustomConfig",
+    "AutoModel": "modeling_vit_custom.ViTCustomModel",
+    "AutoModelForImageClassification": "modeling_vit_custom.ViTCustomForImageClassification",
+}
+
+
+class ViTCustomConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`ViTCustomModel`] / [`ViTCustomForImageClassification`]. The defaults are exactly timm's
+    `vit_base_patch16_224` (86,567,656 parameters with the 1000-class head).
+
+    Args:
+        image_size (`int`, *optional*, defaults to 224):
+            Height and width of the input images.
+        patch_size (`int`, *optional*, defaults to 16):
+            Height and width of each square patch.
+        num_channels (`int`, *optional*, defaults to 3):
+            Number of input channels.
+        hidden_size (`int`, *optional*, defaults to 768):
+            Width of the token embeddings and of every encoder layer.
+        num_hidden_layers (`int`, *optional*, defaults to 12):
+            Number of encoder layers.
+        num_attention_heads (`int`, *optional*, defaults to 12):
+            Number of attention heads; must divide `hidden_size`.
+        intermediate_size (`int`, *optional*, defaults to 3072):
+            Width of the MLP's hidden layer.
+        hidden_act (`str`, *optional*, defaults to `"gelu"`):
+            Activation of the MLP, a key of `transformers.activations.ACT2FN` (`"gelu"` is the exact erf GELU).
+        hidden_dropout_prob (`float`, *optional*, defaults to 0.0):
+            Dropout on the embeddings, the attention output projection and the MLP.
+        attention_probs_dropout_prob (`float`, *optional*, defaults to 0.0):
+            Dropout on the attention probabilities.
+        drop_path_rate (`float`, *optional*, defaults to 0.0):
+            Stochastic depth rate of the last layer; it rises linearly from 0 over the layers, as in timm and DeiT.
+        qkv_bias (`bool`, *optional*, defaults to `True`):
+            Whether the fused query/key/value projection has a bias.
+        layer_norm_eps (`float`, *optional*, defaults to 1e-6):
+            Epsilon of every LayerNorm (timm uses 1e-6; transformers' `google/vit-*` checkpoints use 1e-12).
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the truncated normal initialisation.
+        pooling (`str`, *optional*, defaults to `"cls"`):
+            `"cls"` classifies the class token, `"mean"` the mean of the patch tokens.
+        num_labels / id2label / label2id:
+            The classes (1000 unnamed ImageNet classes by default), handled by `PretrainedConfig`.
+    """
+
+    model_type = "vit_custom"
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        patch_size: int = 16,
+        num_channels: int = 3,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.0,
+        attention_probs_dropout_prob: float = 0.0,
+        drop_path_rate: float = 0.0,
+        qkv_bias: bool = True,
+        layer_norm_eps: float = 1e-6,
+        initializer_range: float = 0.02,
+        pooling: str = "cls",
+        **kwargs,
+    ):
+        if "num_labels" not in kwargs and "id2label" not in kwargs:
+            kwargs["num_labels"] = 1000
+        # A saved folder holds both model files, so it can always name every Auto class it serves; save_pretrained
+        # adds only the class being saved, and this keeps the other entry (AutoModel or AutoModelForImageClassification).
+        kwargs.setdefault("auto_map", dict(AUTO_MAP))
+        super().__init__(**kwargs)
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.drop_path_rate = drop_path_rate
+        self.qkv_bias = qkv_bias
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self.pooling = pooling
+        self._validate()
+
+    def _validate(self):
+        for name in (
+            "image_size",
+            "patch_size",
+            "num_channels",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"ViTCustomConfig.{name}: expected a positive integer, got {value!r}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"ViTCustomConfig.{name}: expected a probability in [0, 1), got {value!r}")
+        if self.layer_norm_eps <= 0 or self.initializer_range <= 0:
+            raise ValueError(
+                "ViTCustomConfig.layer_norm_eps and initializer_range: expected positive numbers, "
+                f"got {self.layer_norm_eps!r} and {self.initializer_range!r}"
+            )
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"ViTCustomConfig.hidden_size: expected a multiple of num_attention_heads "
+                f"({self.num_attention_heads}), got {self.hidden_size}"
+            )
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"ViTCustomConfig.image_size: expected a multiple of patch_size ({self.patch_size}), "
+                f"got {self.image_size}"
+            )
+        if self.pooling not in ("cls", "mean"):
+            raise ValueError(f"ViTCustomConfig.pooling: expected 'cls' or 'mean', got {self.pooling!r}")

@@ -1,0 +1,331 @@
+"""The vit-custom Vision Transformer: patch embedding, pre-norm encoder and classification head."""
+
+import torch
+import torch.nn.functional as F
+from einops.layers.torch import Rearrange
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+
+from .configuration_vit_custom import ViTCustomConfig
+
+
+class ViTCustomEmbeddings(nn.Module):
+    """Image (B, C, H, W) -> tokens (B, 1 + num_patches, hidden_size): patches, linear projection, class token,
+    learned position embedding, dropout."""
+
+    def __init__(self, config: ViTCustomConfig):
+        super().__init__()
+        self.image_size = config.image_size
+        self.patch_size = p = config.patch_size
+        self.num_channels = config.num_channels
+        self.grid_size = config.image_size // p
+        self.to_patches = Rearrange("b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p)
+        self.patch_proj = nn.Linear(p * p * config.num_channels, config.hidden_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.position_embeddings = nn.Parameter(torch.zeros(1, 1 + self.grid_size**2, config.hidden_size))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
+        """Resample the patch position embeddings to a (height // patch, width // patch) grid, bicubic in float32."""
+        new_h, new_w = height // self.patch_size, width // self.patch_size
+        if (new_h, new_w) == (self.grid_size, self.grid_size):
+            return self.position_embeddings
+        cls_pos, patch_pos = self.position_embeddings[:, :1], self.position_embeddings[:, 1:]
+        dim = patch_pos.shape[-1]
+        grid = patch_pos.reshape(1, self.grid_size, self.grid_size, dim).permute(0, 3, 1, 2)
+        # By target size (not scale factor) so the result has exactly the input's grid and the op traces.
+        grid = F.interpolate(grid.float(), size=(new_h, new_w), mode="bicubic", align_corners=False)
+        patch_pos = grid.to(patch_pos.dtype).permute(0, 2, 3, 1).reshape(1, new_h * new_w, dim)
+        return torch.cat([cls_pos, patch_pos], dim=1)
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.num_channels:
+            raise ValueError(
+                f"Expected pixel_values of shape (batch, {self.num_channels}, height, width), "
+                f"got {tuple(pixel_values.shape)}"
+            )
+        height, width = pixel_values.shape[-2:]
+        if interpolate_pos_encoding:
+            if height % self.patch_size or width % self.patch_size:
+                raise ValueError(
+                    f"Expected an image size divisible by patch_size {self.patch_size}, got {height}x{width}"
+                )
+            position_embeddings = self.interpolate_pos_encoding(height, width)
+        elif (height, width) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"Expected image size {self.image_size}x{self.image_size}, got {height}x{width} "
+                "(pass interpolate_pos_encoding=True to run at another resolution)"
+            )
+        else:
+            position_embeddings = self.position_embeddings
+        patches = self.patch_proj(self.to_patches(pixel_values))  # (B, N, D)
+        cls_tokens = self.cls_token.expand(patches.shape[0], -1, -1)
+        embeddings = torch.cat([cls_tokens, patches], dim=1) + position_embeddings
+        return self.dropout(embeddings)
+
+
+class ViTCustomAttention(nn.Module):
+    """Multi-head self-attention (B, N, D) -> (B, N, D) with one fused qkv projection.
+
+    With `query_len`, only the first `query_len` tokens are used as queries (keys and values still come from every
+    token) and the output is (B, query_len, D): exactly those rows of the full output, at a fraction of the cost.
+    """
+
+    def __init__(self, config: ViTCustomConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.attn_drop = nn.Dropout(config.attention_probs_dropout_prob)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.proj_drop = nn.Dropout(config.hidden_dropout_prob)
+        self.config = config
+
+    def forward(
+        self, x: torch.Tensor, output_attentions: bool = False, query_len: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, N, D = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        if query_len is not None:
+            q = q[:, :, :query_len]
+        attn_weights = None
+        if output_attentions or self.config._attn_implementation == "eager":
+            attn_weights = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, Nq, N)
+            attn_weights = attn_weights.softmax(dim=-1)
+            out = self.attn_drop(attn_weights) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(B, q.shape[2], D)  # (B, Nq, D)
+        out = self.proj_drop(self.proj(out))
+        return out, (attn_weights if output_attentions else None)
+
+
+class ViTCustomMLP(nn.Module):
+    """Two-layer MLP (B, N, D) -> (B, N, D) with the configured activation."""
+
+    def __init__(self, config: ViTCustomConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.drop = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class ViTCustomDropPath(nn.Module):
+    """Stochastic depth: zeroes the residual branch of whole samples with probability `drop_prob` while training."""
+
+    def __init__(self, drop_prob: float):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep_prob = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep_prob)
+        return x * mask.div_(keep_prob)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class ViTCustomLayer(nn.Module):
+    """Pre-norm transformer block (B, N, D) -> (B, N, D); with `query_len`, (B, query_len, D)."""
+
+    def __init__(self, config: ViTCustomConfig, drop_path_rate: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attn = ViTCustomAttention(config)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = ViTCustomMLP(config)
+        self.drop_path = ViTCustomDropPath(drop_path_rate)
+
+    def forward(
+        self, x: torch.Tensor, output_attentions: bool = False, query_len: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn_out, attn_weights = self.attn(self.norm1(x), output_attentions, query_len)
+        if query_len is not None:
+            x = x[:, :query_len]
+        x = x + self.drop_path(attn_out)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, attn_weights
+
+
+class ViTCustomEncoder(nn.Module):
+    """Stack of `num_hidden_layers` blocks with linearly increasing drop-path; supports gradient checkpointing."""
+
+    def __init__(self, config: ViTCustomConfig):
+        super().__init__()
+        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        self.layers = nn.ModuleList([ViTCustomLayer(config, rate) for rate in rates])
+        self.gradient_checkpointing = False
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        last_layer_query_len: int | None = None,
+    ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for i, layer in enumerate(self.layers):
+            query_len = last_layer_query_len if i == len(self.layers) - 1 else None
+            if self.gradient_checkpointing and self.training:
+                hidden_states, attn = self._gradient_checkpointing_func(
+                    layer.__call__, hidden_states, output_attentions, query_len
+                )
+            else:
+                hidden_states, attn = layer(hidden_states, output_attentions, query_len)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attn,)
+        return hidden_states, all_hidden_states, all_attentions
+
+
+class ViTCustomPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and the attributes transformers reads off every ViT-custom model."""
+
+    config_class = ViTCustomConfig
+    base_model_prefix = "vit"
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ViTCustomEmbeddings", "ViTCustomLayer"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, ViTCustomEmbeddings):
+            nn.init.trunc_normal_(module.position_embeddings, std=std)
+            nn.init.trunc_normal_(module.cls_token, std=std)
+
+
+class ViTCustomModel(ViTCustomPreTrainedModel):
+    """Backbone: pixel_values (B, C, H, W) -> last_hidden_state (B, 1 + num_patches, D), normed, and pooler_output
+    (B, D): the class token (`pooling="cls"`) or the mean of the patch tokens (`pooling="mean"`)."""
+
+    def __init__(self, config: ViTCustomConfig):
+        super().__init__(config)
+        self.embeddings = ViTCustomEmbeddings(config)
+        self.encoder = ViTCustomEncoder(config)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that must not be weight-decayed (timm's convention), besides every 1-D parameter."""
+        return {"embeddings.position_embeddings", "embeddings.cls_token"}
+
+    def pool(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
+        if self.config.pooling == "mean":
+            return last_hidden_state[:, 1:].mean(dim=1)
+        return last_hidden_state[:, 0]
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+        _class_token_only: bool = False,
+    ) -> BaseModelOutputWithPooling | tuple:
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        pixel_values = pixel_values.to(self.embeddings.patch_proj.weight.dtype)
+
+        hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        # With class-token pooling and no per-token outputs asked for, the last layer only needs the class token as
+        # query: the logits are the same and that layer costs a fraction of the others.
+        class_token_only = _class_token_only and self.config.pooling == "cls" and not output_hidden_states
+        hidden_states, all_hidden_states, all_attentions = self.encoder(
+            hidden_states,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            last_layer_query_len=1 if class_token_only and not output_attentions else None,
+        )
+        last_hidden_state = self.norm(hidden_states)
+        pooled_output = self.pool(last_hidden_state)
+        if not return_dict:
+            return tuple(v for v in (last_hidden_state, pooled_output, all_hidden_states, all_attentions) if v is not None)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state,
+            pooler_output=pooled_output,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+
+
+class ViTCustomForImageClassification(ViTCustomPreTrainedModel):
+    """Backbone + linear head: pixel_values (B, C, H, W) -> logits (B, num_labels).
+
+    `labels` are class indices (B,) for cross-entropy, or per-class probabilities (B, num_labels) for soft-target
+    cross-entropy, as mixup / cutmix / label smoothing produce.
+    """
+
+    def __init__(self, config: ViTCustomConfig):
+        super().__init__(config)
+        self.vit = ViTCustomModel(config)
+        self.head = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"vit.{name}" for name in self.vit.no_weight_decay()}
+
+    def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if labels.is_floating_point():
+            if labels.shape != logits.shape:
+                raise ValueError(
+                    f"Expected soft labels of shape {tuple(logits.shape)} (batch, num_labels), "
+                    f"got {tuple(labels.shape)}"
+                )
+            return torch.sum(-labels * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        if labels.shape != logits.shape[:1]:
+            raise ValueError(
+                f"Expected integer labels of shape ({logits.shape[0]},) (batch,), got {tuple(labels.shape)}"
+            )
+        return F.cross_entropy(logits.float(), labels)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+    ) -> ImageClassifierOutput | tuple:
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.vit(
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            return_dict=True,
+            _class_token_only=True,
+        )
+        logits = self.head(outputs.pooler_output)
+        loss = self.compute_loss(logits, labels) if labels is not None else None
+        if not return_dict:
+            return tuple(v for v in (loss, logits, outputs.hidden_states, outputs.attentions) if v is not None)
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )

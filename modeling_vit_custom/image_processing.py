@@ -1,0 +1,56 @@
+"""The image processor saved with every model folder, and the preprocessing settings read back from it."""
+
+from dataclasses import dataclass
+
+from PIL import Image
+from transformers import ConvNextImageProcessor
+
+# timm's interpolation names -> PIL resampling filters (what `resample` holds in a transformers image processor).
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """timm-style evaluation preprocessing: resize the short side to image_size / crop_pct, center-crop image_size."""
+
+    image_size: int = 224
+    crop_pct: float = 0.9
+    interpolation: str = "bicubic"
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+    def __post_init__(self):
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation: expected one of {sorted(INTERPOLATIONS)}, got {self.interpolation!r}")
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise ValueError(f"crop_pct: expected a value in (0, 1], got {self.crop_pct!r}")
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean and std: expected the same length, got {len(self.mean)} and {len(self.std)}")
+
+    def to_image_processor(self) -> ConvNextImageProcessor:
+        """ConvNeXT's processor implements exactly this transform (short side to size / crop_pct, center crop) for
+        sizes below 384; at 384 and above it resizes straight to size x size, as timm does with crop_pct 1.0."""
+        return ConvNextImageProcessor(
+            size={"shortest_edge": self.image_size},
+            crop_pct=self.crop_pct,
+            resample=INTERPOLATIONS[self.interpolation],
+            image_mean=list(self.mean),
+            image_std=list(self.std),
+        )
+
+    @classmethod
+    def from_image_processor(cls, processor) -> "PreprocessSettings":
+        resample = processor.resample
+        interpolation = next(name for name, value in INTERPOLATIONS.items() if value == resample)
+        return cls(
+            image_size=processor.size["shortest_edge"],
+            crop_pct=processor.crop_pct,
+            interpolation=interpolation,
+            mean=tuple(processor.image_mean),
+            std=tuple(processor.image_std),
+        )

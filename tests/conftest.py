@@ -1,0 +1,34 @@
+"""Shared test fixtures: a tiny ViTCustomConfig factory and a deterministic seed."""
+
+import pytest
+from transformers import set_seed
+
+from modeling_vit_custom import ViTCustomConfig
+
+# Small enough that a forward and backward pass takes milliseconds on one CPU core: 4x4 patches of 8x8 pixels.
+TINY_CONFIG = {
+    "image_size": 32,
+    "patch_size": 8,
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "num_labels": 10,
+}
+
+
+@pytest.fixture
+def tiny_config():
+    """Factory: `tiny_config(**overrides)` -> a fresh ViTCustomConfig with TINY_CONFIG plus the overrides."""
+
+    def make(**overrides) -> ViTCustomConfig:
+        return ViTCustomConfig(**{**TINY_CONFIG, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def seed() -> int:
+    """Seeds python, numpy and torch (transformers' `set_seed`) and returns the seed."""
+    set_seed(0)
+    return 0

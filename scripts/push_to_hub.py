@@ -1,0 +1,61 @@
+"""Export a saved model as a Hub repository (model card included), verify it, and upload it or build it locally."""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from modeling_vit_custom.hub import DEFAULT_TEMPLATE_PATH, push_run
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        epilog="The token comes from HF_TOKEN or `hf auth login`; it is never passed on the command line.",
+    )
+    parser.add_argument("model_dir", type=Path, help="A saved model folder: training's final/ or best/, a conversion.")
+    parser.add_argument("--run_dir", type=Path, help="The training run's output_dir: metrics, settings and curves.")
+    parser.add_argument("--comparison", type=Path, help="comparison.json from compare_timm.py (default: run_dir's).")
+    parser.add_argument("--output_dir", type=Path, help="Build the repository folder here (no upload without ID).")
+    parser.add_argument("--hub_model_id", help="Repository to create or update, e.g. `user/vit-custom-fashion-mnist`.")
+    parser.add_argument("--dry_run", action="store_true", help="Build and verify, but do not upload.")
+    parser.add_argument("--private", action="store_true", help="Create the repository as private.")
+    parser.add_argument("--revision_tag", help="Tag the upload commit with this name; the card's snippet pins it.")
+    parser.add_argument("--commit_message", help="Message of the upload commit.")
+    parser.add_argument("--license", default="apache-2.0", help="License identifier for the card's metadata.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing, non-empty output_dir.")
+    parser.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE_PATH, help="Model card template.")
+    args = parser.parse_args(argv)
+    if args.output_dir is None and args.hub_model_id is None:
+        parser.error("expected --output_dir (build only) or --hub_model_id (upload), got neither")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    try:
+        result = push_run(
+            args.model_dir,
+            args.run_dir,
+            args.hub_model_id,
+            private=args.private,
+            revision_tag=args.revision_tag,
+            dry_run=args.dry_run,
+            output_dir=args.output_dir,
+            comparison_path=args.comparison,
+            commit_message=args.commit_message,
+            license=args.license,
+            overwrite=args.overwrite,
+            template_path=args.template,
+        )
+    except (OSError, ValueError, RuntimeError) as error:
+        # Bad input, offline upload or a failed verification: the message says which; a traceback adds nothing.
+        logging.getLogger("push_to_hub").error("%s", error)
+        return 1
+    print(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

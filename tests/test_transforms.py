@@ -1,0 +1,182 @@
+"""Tests of the eval/train transforms against timm's, and of mixup and label smoothing."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from timm.data import Mixup
+from timm.data.auto_augment import RandAugment
+from timm.data.random_erasing import RandomErasing
+
+from modeling_vit_custom.image_processing import PreprocessSettings
+from modeling_vit_custom.transforms import (
+    AugmentArguments,
+    build_eval_transform,
+    build_mixup,
+    build_timm_eval_transform,
+    build_train_transform,
+    smooth_labels,
+)
+
+ONE_LEVEL = 2 / 255  # one intensity level after normalizing with std 0.5
+
+
+def natural_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A smooth random image with some noise: closer to a photograph than white noise."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (9, 12, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+    pixels = np.asarray(coarse).astype(np.int16) + rng.integers(-12, 13, (height, width, 3))
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+
+
+def jpeg(image: Image.Image, quality: int = 90) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+SETTINGS = [
+    PreprocessSettings(),
+    PreprocessSettings(image_size=32, crop_pct=0.875, interpolation="bilinear", mean=(0.1, 0.2, 0.3)),
+    PreprocessSettings(image_size=48, crop_pct=1.0, interpolation="bicubic"),
+]
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=["b16-224", "32-bilinear", "48-crop1"])
+@pytest.mark.parametrize("size", [(500, 375), (375, 500), (37, 91)])
+def test_exact_eval_transform_equals_timm(settings, size):
+    image = natural_image(*size)
+    ours = build_eval_transform(settings, 3, exact=True)(image.copy())
+    timm_result = build_timm_eval_transform(settings, 3)(image.copy())
+    assert ours.shape == (3, settings.image_size, settings.image_size)
+    assert torch.equal(ours, timm_result)
+    # A JPEG goes through the same decode on both sides when exact.
+    assert torch.equal(
+        build_eval_transform(settings, 3, exact=True)(jpeg(image)), build_timm_eval_transform(settings, 3)(jpeg(image))
+    )
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=["b16-224", "32-bilinear", "48-crop1"])
+def test_fast_eval_transform_within_one_level_of_timm(settings):
+    image = natural_image(500, 375, seed=1)
+    fast = build_eval_transform(settings, 3)(image.copy())
+    reference = build_timm_eval_transform(settings, 3)(image.copy())
+    difference = (fast - reference).abs()
+    assert difference.max().item() <= ONE_LEVEL / min(settings.std) * 0.5 + 1e-6
+    assert (difference > 1e-6).float().mean().item() < 0.005
+
+
+def test_jpeg_draft_only_for_large_images_and_close_to_timm():
+    settings = PreprocessSettings()
+    transform = build_eval_transform(settings, 3)
+    # 500x375 is below twice the resize size (248): decoded at full scale, so only resize rounding differs.
+    small = jpeg(natural_image(500, 375))
+    assert (transform(small) - build_timm_eval_transform(settings, 3)(jpeg(natural_image(500, 375)))).abs().max() <= (
+        ONE_LEVEL + 1e-6
+    )
+    large_image = natural_image(2048, 1536, seed=2)
+    large = jpeg(large_image)
+    transform(large)
+    assert large.size == (1024, 768)  # decoded at scale 1/2, still >= 2 x 248 on the short side
+    difference = (
+        build_eval_transform(settings, 3)(jpeg(large_image))
+        - build_timm_eval_transform(settings, 3)(jpeg(large_image))
+    ).abs()
+    assert difference.mean().item() < 0.01
+    assert difference.max().item() < 0.1
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "LA", "I;16"])
+@pytest.mark.parametrize("num_channels", [1, 3])
+def test_transforms_accept_every_mode(mode, num_channels):
+    settings = PreprocessSettings(image_size=32, mean=(0.5,) * num_channels, std=(0.5,) * num_channels)
+    image = natural_image(40, 30).convert(mode)
+    aug = AugmentArguments()
+    for transform in (
+        build_eval_transform(settings, num_channels),
+        build_train_transform(settings, num_channels, aug),
+    ):
+        out = transform(image.copy())
+        assert out.shape == (num_channels, 32, 32)
+        assert torch.isfinite(out).all()
+
+
+def test_grayscale_model_gets_luma():
+    settings = PreprocessSettings(image_size=32, crop_pct=1.0, mean=(0.0,), std=(1.0,))
+    image = Image.new("RGB", (32, 32), (255, 0, 0))
+    out = build_eval_transform(settings, 1)(image)
+    # ITU-R 601-2 luma of pure red: 299/1000 * 255 = 76.
+    assert torch.allclose(out, torch.full((1, 32, 32), 76 / 255))
+
+
+def test_channel_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="expected 1 values .* got 3"):
+        build_eval_transform(PreprocessSettings(), 1)
+    with pytest.raises(ValueError, match="num_channels: expected 1 or 3, got 4"):
+        build_eval_transform(PreprocessSettings(mean=(0.5,) * 4, std=(0.5,) * 4), 4)
+
+
+def test_train_transform_pieces_switch():
+    settings = PreprocessSettings(image_size=32)
+    full = build_train_transform(settings, 3, AugmentArguments())
+    kinds = [type(t) for t in full.transforms[1].transforms]
+    assert RandAugment in kinds and RandomErasing in kinds
+    bare = build_train_transform(settings, 3, AugmentArguments(randaugment="", random_erasing=0.0, hflip=0.0))
+    kinds = [type(t).__name__ for t in bare.transforms[1].transforms]
+    assert kinds == ["RandomResizedCropAndInterpolation", "MaybeToTensor", "Normalize"]
+    jitter = build_train_transform(settings, 3, AugmentArguments(randaugment=None, color_jitter=0.4))
+    assert "ColorJitter" in [type(t).__name__ for t in jitter.transforms[1].transforms]
+
+
+def test_train_crop_scale_one_with_no_aug_is_a_resize_of_a_centered_square():
+    settings = PreprocessSettings(image_size=32, interpolation="bilinear")
+    aug = AugmentArguments(train_crop_scale=(1.0, 1.0), randaugment=None, random_erasing=0.0, hflip=0.0)
+    image = natural_image(64, 64)
+    torch.manual_seed(0)
+    outs = [build_train_transform(settings, 3, aug)(image.copy()) for _ in range(3)]
+    # Scale 1 on a square image leaves only the aspect ratio random, and a full-area crop of a square is the square.
+    expected = build_timm_eval_transform(PreprocessSettings(image_size=32, crop_pct=1.0, interpolation="bilinear"), 3)(
+        image.copy()
+    )
+    for out in outs:
+        assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_train_transform_is_random():
+    settings = PreprocessSettings(image_size=32)
+    transform = build_train_transform(settings, 3, AugmentArguments())
+    image = natural_image(64, 48)
+    torch.manual_seed(0)
+    a, b = transform(image.copy()), transform(image.copy())
+    assert (a - b).abs().mean().item() > 0.05
+
+
+def test_augment_arguments_errors():
+    with pytest.raises(ValueError, match="train_crop_scale"):
+        AugmentArguments(train_crop_scale=(0.5, 0.1))
+    with pytest.raises(ValueError, match="hflip: expected a probability in \\[0, 1\\], got 1.5"):
+        AugmentArguments(hflip=1.5)
+    with pytest.raises(ValueError, match="mixup"):
+        AugmentArguments(mixup=-1.0)
+    with pytest.raises(ValueError, match="randaugment"):
+        AugmentArguments(randaugment="m9")
+
+
+def test_mixup_and_label_smoothing():
+    assert build_mixup(AugmentArguments(label_smoothing=0.1), num_classes=5) is None
+    mixup = build_mixup(AugmentArguments(mixup=0.8, cutmix=1.0, label_smoothing=0.1), num_classes=5)
+    assert isinstance(mixup, Mixup)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    images, labels = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    mixed, targets = mixup(images.clone(), labels)
+    assert targets.shape == (4, 5)
+    assert torch.allclose(targets.sum(dim=1), torch.ones(4))
+    # Every row keeps at least the smoothing floor on every class, and mass on its own and its partner's class.
+    assert (targets >= 0.1 / 5 - 1e-6).all()
+    assert not torch.equal(mixed, images)
+    smoothed = smooth_labels(torch.tensor([2, 0]), num_classes=5, smoothing=0.1)
+    assert torch.allclose(smoothed[0], torch.tensor([0.02, 0.02, 0.92, 0.02, 0.02]))
+    assert torch.allclose(smoothed.sum(dim=1), torch.ones(2))

@@ -1,0 +1,426 @@
+"""Tests of the Hub export: repository folder, clean-process verification, model card, upload and token hygiene."""
+
+import ast
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import TINY_CONFIG
+from huggingface_hub import ModelCard
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoImageProcessor
+
+from modeling_vit_custom import ViTCustomConfig, ViTCustomForImageClassification, hub
+from modeling_vit_custom.configuration_vit_custom import AUTO_MAP
+from modeling_vit_custom.image_processing import PreprocessSettings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+EXPECTED_FILES = {
+    "README.md",
+    "config.json",
+    "configuration_vit_custom.py",
+    "modeling_vit_custom.py",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "training_curves.png",
+}
+FAKE_TOKEN = "hf_FakeTokenForTestsOnly0123456789abcdef"
+RUN_CONFIG = {
+    "model_config_overrides": {"hidden_size": 64, "num_hidden_layers": 2},
+    "dataset_name": "zalando-datasets/fashion_mnist",
+    "learning_rate": 5e-4,
+    "effective_learning_rate": 6.25e-5,
+    "per_device_train_batch_size": 32,
+    "gradient_accumulation_steps": 2,
+    "num_processes": 1,
+    "global_batch_size": 64,
+    "num_train_epochs": 2,
+    "max_train_steps": 40,
+    "weight_decay": 0.05,
+    "lr_scheduler_type": "cosine",
+    "num_warmup_steps": 4,
+    "mixed_precision": "no",
+    "seed": 0,
+    "mixup": 0.0,
+    "label_smoothing": 0.1,
+    "drop_path_rate": 0.1,
+    "ema_decay": None,
+    "hub_token": FAKE_TOKEN,
+}
+METRICS = [
+    {"event": "train", "step": 10, "epoch": 0, "loss": 2.2, "lr": 3e-5, "images_per_second": 410.0},
+    {
+        "event": "eval",
+        "step": 20,
+        "epoch": 0,
+        "eval_loss": 1.41,
+        "eval_top1": 0.5625,
+        "eval_top5": 0.90625,
+        "eval_samples": 64,
+    },
+    {"event": "train", "step": 30, "epoch": 1, "loss": 1.3, "lr": 1e-5, "images_per_second": 405.5},
+    {
+        "event": "eval",
+        "step": 40,
+        "epoch": 1,
+        "eval_loss": 1.52,
+        "eval_top1": 0.53125,
+        "eval_top5": 0.953125,
+        "eval_samples": 64,
+    },
+    {
+        "event": "summary",
+        "best_eval_top1": 0.5625,
+        "best_step": 20,
+        "final_eval_top1": 0.53125,
+        "final_eval_top5": 0.953125,
+        "train_runtime_s": 95.0,
+        "total_steps": 40,
+    },
+]
+COMPARISON = {
+    "timm_model": "vit_base_patch16_224",
+    "batch_size": 8,
+    "machine": {"cpu": "2 cores", "torch": torch.__version__},
+    "rows": [
+        {"metric": "parameters", "ours": 86567656, "timm": 86567656, "ratio": 1.0, "unit": "count"},
+        {"metric": "inference_images_per_s", "ours": 21.4, "timm": 20.1, "ratio": 1.0647, "unit": "images/s"},
+        {"metric": "max_abs_logit_diff", "ours": 3.1e-6, "timm": 0.0, "ratio": None, "unit": "logit"},
+    ],
+}
+
+
+def save_model(folder: Path, seed: int, preprocessor: bool = True) -> ViTCustomForImageClassification:
+    torch.manual_seed(seed)
+    config = ViTCustomConfig(**{**TINY_CONFIG, "id2label": dict(enumerate(LABELS))})
+    model = ViTCustomForImageClassification(config)
+    model.save_pretrained(folder)
+    if preprocessor:
+        PreprocessSettings(image_size=config.image_size).to_image_processor().save_pretrained(folder)
+    return model
+
+
+def make_run_dir(root: Path) -> Path:
+    """A training run directory as `scripts/train.py` writes it (see the contract in the task); to be replaced by a
+    real tiny run once the training script exists."""
+    run_dir = root / "run"
+    save_model(run_dir / "final", seed=0)
+    save_model(run_dir / "best", seed=1)
+    (run_dir / "run_config.json").write_text(json.dumps(RUN_CONFIG, indent=2))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(event) + "\n" for event in METRICS))
+    Image.linear_gradient("L").convert("RGB").resize((64, 32)).save(run_dir / "training_curves.png")
+    (run_dir / "comparison.json").write_text(json.dumps(COMPARISON))
+    return run_dir
+
+
+class FakeHfApi:
+    """Stands in for huggingface_hub.HfApi at its boundary and records every call."""
+
+    calls: list = []
+
+    def __init__(self, **kwargs):
+        FakeHfApi.calls.append(("init", kwargs))
+
+    def create_repo(self, repo_id, **kwargs):
+        FakeHfApi.calls.append(("create_repo", repo_id, kwargs))
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def upload_folder(self, **kwargs):
+        files = sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())
+        FakeHfApi.calls.append(("upload_folder", kwargs, files))
+        url = f"https://huggingface.co/{kwargs['repo_id']}/commit/0123abcd"
+        return type("CommitInfo", (), {"oid": "0123abcd", "commit_url": url})()
+
+    def create_tag(self, repo_id, **kwargs):
+        FakeHfApi.calls.append(("create_tag", repo_id, kwargs))
+
+
+@pytest.fixture
+def fake_api(monkeypatch):
+    FakeHfApi.calls = []
+    monkeypatch.setattr(hub, "HfApi", FakeHfApi)
+    monkeypatch.setattr(hub, "is_offline_mode", lambda: False)
+    return FakeHfApi
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return make_run_dir(tmp_path_factory.mktemp("hub"))
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir) -> Path:
+    """The folder built by the real command line, offline, from the run's final checkpoint."""
+    output_dir = run_dir.parent / "exported"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "push_to_hub.py"), str(run_dir / "final")]
+        + ["--run_dir", str(run_dir), "--output_dir", str(output_dir), "--hub_model_id", "someone/vit-tiny"]
+        + ["--dry_run", "--revision_tag", "v1.0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert process.stdout.strip().splitlines()[-1] == str(output_dir)
+    return output_dir
+
+
+def front_matter(readme: Path) -> dict:
+    text = readme.read_text(encoding="utf-8")
+    _, header, _ = text.split("---\n", 2)
+    return yaml.safe_load(header)
+
+
+def assert_fully_rendered(text: str):
+    for leftover in ("{{", "}}", "{%", "%}", "{#", "None", "[More Information Needed]", "TODO"):
+        assert leftover not in text, f"{leftover!r} left in the rendered card"
+
+
+def test_exported_folder_files_config_and_weights(exported, run_dir):
+    assert {p.name for p in exported.iterdir()} == EXPECTED_FILES
+    config = json.loads((exported / "config.json").read_text())
+    assert config["auto_map"] == AUTO_MAP
+    assert config["model_type"] == "vit_custom"
+    assert config["architectures"] == ["ViTCustomForImageClassification"]
+    assert [config["id2label"][str(i)] for i in range(10)] == LABELS
+    exported_weights = load_file(exported / "model.safetensors")
+    source_weights = load_file(run_dir / "final" / "model.safetensors")
+    assert exported_weights.keys() == source_weights.keys()
+    for name, tensor in source_weights.items():
+        assert torch.equal(exported_weights[name], tensor), name
+    processor = AutoImageProcessor.from_pretrained(exported)
+    assert PreprocessSettings.from_image_processor(processor) == PreprocessSettings(image_size=32)
+    # Nothing half-written is left beside the output.
+    assert sorted(p.name for p in exported.parent.iterdir()) == ["exported", "run"]
+
+
+def test_auto_map_entries_resolve_to_classes_in_the_folder(exported):
+    for auto_class, reference in AUTO_MAP.items():
+        module, class_name = reference.split(".")
+        tree = ast.parse((exported / f"{module}.py").read_text())
+        defined = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+        assert class_name in defined, f"{auto_class} -> {reference}"
+    modeling = ast.parse((exported / "modeling_vit_custom.py").read_text())
+    imports = {node.module for node in ast.walk(modeling) if isinstance(node, ast.ImportFrom)}
+    assert "modeling_vit_custom" not in imports and "configuration_vit_custom" in imports
+
+
+def test_loads_in_clean_process_through_auto_classes_and_pipeline(exported, run_dir):
+    report = hub.verify_folder(exported, run_dir / "final")
+    classes = [name.rsplit(".", 1)[-1] for name in report["classes"]]
+    assert classes == ["ViTCustomConfig", "ViTCustomModel", "ViTCustomForImageClassification"]
+    assert all(name.startswith("transformers_modules.") for name in report["classes"])
+    assert report["max_abs_logit_diff"] <= 1e-5
+    assert len(report["pipeline"]) == 5
+    assert {p["label"] for p in report["pipeline"]} <= set(LABELS)
+    scores = [p["score"] for p in report["pipeline"]]
+    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1 + 1e-6
+
+
+def test_verification_rejects_other_weights(exported, run_dir):
+    with pytest.raises(hub.VerificationError, match="expected logits within 1e-05 of the source model"):
+        hub.verify_folder(exported, run_dir / "best")
+
+
+def test_trained_card_has_the_run_values_and_valid_metadata(exported):
+    readme = exported / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    assert_fully_rendered(text)
+    metadata = front_matter(readme)
+    assert metadata["library_name"] == "transformers"
+    assert metadata["pipeline_tag"] == "image-classification"
+    assert metadata["license"] == "apache-2.0"
+    assert metadata["datasets"] == ["zalando-datasets/fashion_mnist"]
+    assert {"vit-custom", "custom_code", "image-classification"} <= set(metadata["tags"])
+    (index,) = metadata["model-index"]
+    assert index["name"] == "vit-tiny"
+    (result,) = index["results"]
+    assert result["dataset"] == {"name": "zalando-datasets/fashion_mnist", "type": "zalando-datasets/fashion_mnist"}
+    values = {m["type"]: m["value"] for m in result["metrics"]}
+    assert values == {"accuracy": 0.5312, "top_5_accuracy": 0.9531}  # the final checkpoint's, rounded to 4 digits
+    card = ModelCard.load(readme)
+    assert card.data.eval_results[0].metric_value == 0.5312
+    assert "| final | 40 | 53.12% | 95.31% | 64 |" in text
+    assert "| `learning_rate` | 0.0005 |" in text and "| `ema_decay` | off |" in text
+    assert '| `model_config_overrides` | `{"hidden_size": 64, "num_hidden_layers": 2}` |' in text
+    assert "hub_token" not in text
+    assert "![Training loss, accuracy and learning rate against step](training_curves.png)" in text
+    assert "| parameters | 86,567,656 | 86,567,656 | 1 | count |" in text
+    assert "| max_abs_logit_diff | 3.1e-06 | 0 | n/a | logit |" in text
+    assert 'model="someone/vit-tiny", revision="v1.0", trust_remote_code=True' in text
+    assert "| Parameters | 81,226 |" in text
+    assert "`T-shirt/top`, `Trouser`" in text and "1.6 min" in text
+
+
+def test_best_checkpoint_card_reports_the_best_evaluation(run_dir, tmp_path):
+    folder = hub.build_folder(run_dir / "best", tmp_path / "repo", run_dir=run_dir, repo_id="someone/best")
+    text = (folder / "README.md").read_text()
+    assert_fully_rendered(text)
+    values = {
+        m["type"]: m["value"] for m in front_matter(folder / "README.md")["model-index"][0]["results"][0]["metrics"]
+    }
+    assert values == {"accuracy": 0.5625, "top_5_accuracy": 0.9062}
+    assert "| best | 20 | 56.25% | 90.62% | 64 |" in text
+
+
+def test_converted_card_says_where_the_weights_came_from(tmp_path):
+    model_dir = tmp_path / "converted"
+    save_model(model_dir, seed=2)
+    (model_dir / "conversion.json").write_text(
+        json.dumps({"source": "timm", "timm_model": "vit_base_patch16_224", "checkpoint": None})
+    )
+    comparison = tmp_path / "comparison.json"
+    comparison.write_text(json.dumps(COMPARISON))
+    folder = hub.build_folder(model_dir, tmp_path / "repo", comparison_path=comparison, repo_id="someone/converted")
+    assert {p.name for p in folder.iterdir()} == EXPECTED_FILES - {"training_curves.png"}
+    text = (folder / "README.md").read_text()
+    assert_fully_rendered(text)
+    metadata = front_matter(folder / "README.md")
+    assert "model-index" not in metadata and "datasets" not in metadata
+    assert "timm" in metadata["tags"]
+    assert "The weights of timm's `vit_base_patch16_224` converted" in text
+    assert "**not trained or fine-tuned here**" in text
+    assert "## Training" not in text and "## Origin of the weights" in text
+    assert "No evaluation was recorded for these weights here." in text
+    assert "| inference_images_per_s | 21.4 | 20.1 | 1.06 | images/s |" in text
+
+
+def test_plain_saved_model_gets_default_preprocessing_and_says_so(tmp_path, caplog):
+    model_dir = tmp_path / "plain"
+    save_model(model_dir, seed=3, preprocessor=False)
+    with caplog.at_level(logging.WARNING, logger="modeling_vit_custom.hub"):
+        folder = hub.build_folder(model_dir, tmp_path / "repo", repo_id="someone/plain")
+    assert "has no preprocessor_config.json" in caplog.text
+    processor_config = json.loads((folder / "preprocessor_config.json").read_text())
+    assert processor_config["size"] == {"shortest_edge": 32} and processor_config["crop_pct"] == 0.9
+    text = (folder / "README.md").read_text()
+    assert_fully_rendered(text)
+    assert "did not record its own preprocessing" in text
+    assert "No training run or conversion record came with these weights" in text
+
+
+def test_upload_sends_the_verified_folder_in_one_commit_without_leaking_the_token(
+    fake_api, run_dir, tmp_path, monkeypatch, caplog, capfd
+):
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    output_dir = tmp_path / "out"
+    with caplog.at_level(logging.DEBUG):
+        url = hub.push_run(
+            run_dir / "final",
+            run_dir,
+            "someone/vit-tiny",
+            private=True,
+            revision_tag="v1.0",
+            output_dir=output_dir,
+            commit_message="Add tiny vit-custom",
+        )
+    assert url == "https://huggingface.co/someone/vit-tiny/commit/0123abcd"
+    assert [call[0] for call in fake_api.calls] == ["init", "create_repo", "upload_folder", "create_tag"]
+    assert fake_api.calls[0][1] == {}  # the token is left to huggingface_hub
+    assert fake_api.calls[1][1:] == ("someone/vit-tiny", {"repo_type": "model", "private": True, "exist_ok": True})
+    _, upload_kwargs, uploaded_files = fake_api.calls[2]
+    assert upload_kwargs == {
+        "folder_path": str(output_dir),
+        "repo_id": "someone/vit-tiny",
+        "repo_type": "model",
+        "commit_message": "Add tiny vit-custom",
+    }
+    assert set(uploaded_files) == EXPECTED_FILES
+    assert fake_api.calls[3][1:] == ("someone/vit-tiny", {"tag": "v1.0", "revision": "0123abcd", "repo_type": "model"})
+    written = [p for p in output_dir.rglob("*") if p.is_file()]
+    assert len(written) == len(EXPECTED_FILES)
+    for path in written:
+        assert FAKE_TOKEN.encode() not in path.read_bytes(), path
+    captured = capfd.readouterr()
+    assert FAKE_TOKEN not in caplog.text + captured.out + captured.err
+    assert "verified" in caplog.text
+
+
+def test_upload_without_output_dir_leaves_no_folder_behind(fake_api, run_dir):
+    url = hub.push_run(run_dir / "final", None, "someone/untrained-card")
+    _, upload_kwargs, uploaded_files = fake_api.calls[2]
+    assert set(uploaded_files) == EXPECTED_FILES - {"training_curves.png"}
+    assert upload_kwargs["commit_message"].startswith("Upload vit-custom model")
+    assert not Path(upload_kwargs["folder_path"]).exists()
+    assert url.endswith("/commit/0123abcd") and len(fake_api.calls) == 3  # no tag asked for, none made
+
+
+def test_refuses_to_upload_a_folder_whose_code_does_not_reproduce_the_model(fake_api, run_dir, tmp_path):
+    model_dir = tmp_path / "stale"
+    save_model(model_dir, seed=0)
+    # A modeling file out of step with the package: it doubles the logits.
+    with open(model_dir / "modeling_vit_custom.py", "a") as f:
+        f.write(
+            "\n_forward = ViTCustomForImageClassification.forward\n\n\n"
+            "def _doubled(self, *args, **kwargs):\n"
+            "    outputs = _forward(self, *args, **kwargs)\n"
+            "    outputs.logits = 2 * outputs.logits\n"
+            "    return outputs\n\n\n"
+            "ViTCustomForImageClassification.forward = _doubled\n"
+        )
+    output_dir = tmp_path / "out"
+    with pytest.raises(hub.VerificationError, match="expected logits within 1e-05 of the source model"):
+        hub.push_run(model_dir, None, "someone/stale", output_dir=output_dir)
+    assert [call[0] for call in fake_api.calls] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stale"]
+
+
+def test_offline_upload_is_refused_and_dry_run_builds_only(monkeypatch, fake_api, run_dir):
+    monkeypatch.setattr(hub, "is_offline_mode", lambda: True)
+    with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE is set: cannot upload to 'someone/x'"):
+        hub.push_run(run_dir / "final", run_dir, "someone/x")
+    folder = hub.push_run(run_dir / "final", run_dir, "someone/x", dry_run=True)
+    try:
+        assert {p.name for p in folder.iterdir()} == EXPECTED_FILES
+        assert 'model="someone/x", revision="main"' in (folder / "README.md").read_text()
+    finally:
+        shutil.rmtree(folder)
+    assert fake_api.calls == []
+
+
+def test_bad_inputs_name_the_problem(run_dir, tmp_path, exported):
+    bad_run = tmp_path / "bad_run"
+    bad_run.mkdir()
+    (bad_run / "metrics.jsonl").write_text(json.dumps(METRICS[0]) + "\n{not json\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: expected a JSON object, got '\{not json'"):
+        hub.read_run(bad_run)
+
+    pickled = tmp_path / "pickled"
+    save_model(pickled, seed=0)
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match=r"expected weights in model.safetensors, got \['pytorch_model.bin'\]"):
+        hub.build_folder(pickled, tmp_path / "repo")
+
+    with pytest.raises(FileExistsError, match="expected a new or empty folder"):
+        hub.push_run(run_dir / "final", run_dir, None, output_dir=exported)
+
+    template = tmp_path / "card.md"
+    template.write_text("---\n{{ card_data }}\n---\n# {{ model_name }} {{ accuracy_on_imagenet }}\n")
+    with pytest.raises(ValueError, match=r"got unknown \['accuracy_on_imagenet'\]"):
+        hub.build_folder(run_dir / "final", tmp_path / "repo2", template_path=template)
+
+
+def test_run_without_summary_reports_its_last_evaluation(tmp_path):
+    run_dir = tmp_path / "interrupted"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(event) + "\n" for event in METRICS[:2]))
+    run = hub.read_run(run_dir)
+    assert run.config == {} and run.curves is None and run.summary is None
+    assert run.result_for(run_dir / "final") == {
+        "checkpoint": "final",
+        "step": 20,
+        "top1": 0.5625,
+        "top5": 0.90625,
+        "samples": 64,
+    }

@@ -109,10 +109,19 @@ def read_run(run_dir: str | os.PathLike) -> RunRecord:
     return record
 
 
+def weight_files(model_dir: Path) -> list[Path]:
+    """The model's safetensors files: `model.safetensors`, or the shards its index names (other safetensors files
+    in the folder, an EMA copy say, are not the model)."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        return [model_dir / name for name in sorted(set(_read_json(index).get("weight_map", {}).values()))]
+    return [model_dir / "model.safetensors"] if (model_dir / "model.safetensors").is_file() else []
+
+
 def count_parameters(folder: Path) -> int:
     """Number of parameters stored in the folder's safetensors file(s), read from their headers only."""
     total = 0
-    for path in sorted(folder.glob("model*.safetensors")):
+    for path in weight_files(folder):
         with safe_open(path, framework="pt") as tensors:
             for name in tensors.keys():
                 total += math.prod(tensors.get_slice(name).get_shape())
@@ -309,7 +318,12 @@ def _copy_model_files(model_dir: Path, folder: Path) -> bool:
     config["auto_map"] = {**config.get("auto_map", {}), **AUTO_MAP}
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
-    weights = sorted(model_dir.glob("model*.safetensors"))
+    weights = weight_files(model_dir)
+    missing = [path.name for path in weights if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{model_dir}: expected the shards named in model.safetensors.index.json, missing {missing}"
+        )
     if not weights:
         pickled = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(p.name for p in model_dir.glob("*.pt*"))
         raise FileNotFoundError(
@@ -516,6 +530,8 @@ def push_run(
     model_dir = Path(model_dir)
     if output_dir is not None:
         output_dir = Path(output_dir)
+        if output_dir.exists() and not output_dir.is_dir():
+            raise FileExistsError(f"output_dir: expected a folder, got the file {output_dir}")
         if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
             raise FileExistsError(f"output_dir: expected a new or empty folder, got {output_dir} (pass overwrite)")
         output_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -424,3 +424,21 @@ def test_run_without_summary_reports_its_last_evaluation(tmp_path):
         "top5": 0.90625,
         "samples": 64,
     }
+
+
+def test_sharded_weights_are_exported_whole_and_other_safetensors_left_out(tmp_path):
+    model_dir = tmp_path / "sharded"
+    model = save_model(tmp_path / "unsharded", seed=4)
+    model.save_pretrained(model_dir, max_shard_size="100KB")
+    PreprocessSettings(image_size=32).to_image_processor().save_pretrained(model_dir)
+    shutil.copyfile(model_dir / "config.json", model_dir / "unrelated.json")
+    (model_dir / "model_ema.safetensors").write_bytes((tmp_path / "unsharded" / "model.safetensors").read_bytes())
+    shards = sorted(p.name for p in model_dir.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    folder = hub.build_folder(model_dir, tmp_path / "repo", repo_id="someone/sharded")
+    exported = {p.name for p in folder.iterdir()}
+    assert exported == (EXPECTED_FILES - {"training_curves.png", "model.safetensors"}) | set(shards) | {
+        "model.safetensors.index.json"
+    }
+    assert hub.count_parameters(folder) == sum(p.numel() for p in model.parameters()) == 81_226
+    assert "| Parameters | 81,226 |" in (folder / "README.md").read_text()

@@ -347,9 +347,18 @@ def test_upload_sends_the_verified_folder_in_one_commit_without_leaking_the_toke
     assert "verified" in caplog.text
 
 
-def test_upload_without_output_dir_leaves_no_folder_behind(fake_api, run_dir):
+def record_verifications(monkeypatch) -> list:
+    """Replaces the clean-process check (tested above) by a recorder, for tests about what happens around it."""
+    verified = []
+    monkeypatch.setattr(hub, "verify_folder", lambda folder, source: verified.append((Path(folder), Path(source))))
+    return verified
+
+
+def test_upload_without_output_dir_leaves_no_folder_behind(fake_api, run_dir, monkeypatch):
+    verified = record_verifications(monkeypatch)
     url = hub.push_run(run_dir / "final", None, "someone/untrained-card")
     _, upload_kwargs, uploaded_files = fake_api.calls[2]
+    assert verified == [(Path(upload_kwargs["folder_path"]), run_dir / "final")]
     assert set(uploaded_files) == EXPECTED_FILES - {"training_curves.png"}
     assert upload_kwargs["commit_message"].startswith("Upload vit-custom model")
     assert not Path(upload_kwargs["folder_path"]).exists()
@@ -380,7 +389,9 @@ def test_offline_upload_is_refused_and_dry_run_builds_only(monkeypatch, fake_api
     monkeypatch.setattr(hub, "is_offline_mode", lambda: True)
     with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE is set: cannot upload to 'someone/x'"):
         hub.push_run(run_dir / "final", run_dir, "someone/x")
+    verified = record_verifications(monkeypatch)
     folder = hub.push_run(run_dir / "final", run_dir, "someone/x", dry_run=True)
+    assert verified == [(folder, run_dir / "final")]
     try:
         assert {p.name for p in folder.iterdir()} == EXPECTED_FILES
         assert 'model="someone/x", revision="main"' in (folder / "README.md").read_text()

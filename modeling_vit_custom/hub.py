@@ -207,29 +207,23 @@ def _card_context(
     eval_results = None
     if result is not None and result["top1"] is not None:
         dataset_type = run.config.get("dataset_name") or "imagefolder"
+        measured = [
+            ("accuracy", "Top-1 accuracy", result["top1"]),
+            ("top_5_accuracy", "Top-5 accuracy", result["top5"]),
+        ]
         eval_results = [
             EvalResult(
                 task_type="image-classification",
                 task_name="Image Classification",
                 dataset_type=dataset_type,
                 dataset_name=dataset or dataset_type,
-                metric_type="accuracy",
-                metric_name="Top-1 accuracy",
-                metric_value=round(result["top1"], 4),
+                metric_type=metric_type,
+                metric_name=metric_name,
+                metric_value=round(value, 4),
             )
+            for metric_type, metric_name, value in measured
+            if value is not None
         ]
-        if result["top5"] is not None:
-            eval_results.append(
-                EvalResult(
-                    task_type="image-classification",
-                    task_name="Image Classification",
-                    dataset_type=dataset_type,
-                    dataset_name=dataset or dataset_type,
-                    metric_type="top_5_accuracy",
-                    metric_name="Top-5 accuracy",
-                    metric_value=round(result["top5"], 4),
-                )
-            )
     origin = "trained" if run is not None else "converted" if conversion is not None else "unknown"
     tags = ["vision", "image-classification", "vit", "vit-custom", "custom_code"]
     if conversion is not None:

@@ -168,10 +168,11 @@ def _card_context(
 ) -> tuple[ModelCardData, dict]:
     """The card's YAML metadata and the template's variables, all derived from files, none invented."""
     preprocess = json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))
+    parameters = count_parameters(folder)
     num_labels = len(config.get("id2label") or {}) or config.get("num_labels", 0)
     labels = [config["id2label"][key] for key in sorted(config.get("id2label", {}), key=int)]
     architecture = [
-        ("Parameters", _format_number(count_parameters(folder))),
+        ("Parameters", _format_number(parameters)),
         ("Image size", f"{config['image_size']} x {config['image_size']}"),
         ("Patch size", f"{config['patch_size']} x {config['patch_size']}"),
         ("Hidden size", config["hidden_size"]),
@@ -240,8 +241,11 @@ def _card_context(
         eval_results=eval_results,
     )
 
-    comparison_rows = []
+    comparison_rows, comparison_parameters = [], None
     if comparison is not None:
+        comparison_parameters = next(
+            (row.get("ours") for row in comparison.get("rows", []) if row.get("metric") == "parameters"), None
+        )
         for row in comparison.get("rows", []):
             comparison_rows.append(
                 (
@@ -278,6 +282,12 @@ def _card_context(
         "comparison_rows": comparison_rows,
         "comparison_model": (comparison or {}).get("timm_model"),
         "comparison_batch_size": (comparison or {}).get("batch_size"),
+        # compare_timm.py may have measured another size of the architecture than this checkpoint's.
+        "comparison_other_size": (
+            _format_number(comparison_parameters)
+            if comparison_parameters is not None and comparison_parameters != parameters
+            else None
+        ),
         "comparison_machine": (
             ", ".join(f"{key}: {value}" for key, value in (comparison or {}).get("machine", {}).items()) or None
         ),

@@ -258,6 +258,7 @@ def test_trained_card_has_the_run_values_and_valid_metadata(exported):
     assert "![Training loss, accuracy and learning rate against step](training_curves.png)" in text
     assert "| parameters | 86,567,656 | 86,567,656 | 1 | count |" in text
     assert "| max_abs_logit_diff | 3.1e-06 | 0 | n/a | logit |" in text
+    assert "measured on a model of 86,567,656 parameters, not this checkpoint." in text
     assert 'model="someone/vit-tiny", revision="v1.0", trust_remote_code=True' in text
     assert "| Parameters | 81,226 |" in text
     assert "`T-shirt/top`, `Trouser`" in text and "1.6 min" in text
@@ -281,7 +282,9 @@ def test_converted_card_says_where_the_weights_came_from(tmp_path):
         json.dumps({"source": "timm", "timm_model": "vit_base_patch16_224", "checkpoint": None})
     )
     comparison = tmp_path / "comparison.json"
-    comparison.write_text(json.dumps(COMPARISON))
+    same_size = {"ours": 81_226, "timm": 81_226}
+    rows = [{**row, **same_size} if row["metric"] == "parameters" else row for row in COMPARISON["rows"]]
+    comparison.write_text(json.dumps({**COMPARISON, "rows": rows}))
     folder = hub.build_folder(model_dir, tmp_path / "repo", comparison_path=comparison, repo_id="someone/converted")
     assert {p.name for p in folder.iterdir()} == EXPECTED_FILES - {"training_curves.png"}
     text = (folder / "README.md").read_text()
@@ -294,6 +297,7 @@ def test_converted_card_says_where_the_weights_came_from(tmp_path):
     assert "## Training" not in text and "## Origin of the weights" in text
     assert "No evaluation was recorded for these weights here." in text
     assert "| inference_images_per_s | 21.4 | 20.1 | 1.06 | images/s |" in text
+    assert "| parameters | 81,226 | 81,226 | 1 | count |" in text and "not this checkpoint" not in text
 
 
 def test_plain_saved_model_gets_default_preprocessing_and_says_so(tmp_path, caplog):

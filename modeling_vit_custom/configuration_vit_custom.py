@@ -1,6 +1,7 @@
 """Configuration of the vit-custom Vision Transformer (defaults: timm's `vit_base_patch16_224`)."""
 
 from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
 
 AUTO_MAP = {
     "AutoConfig": "configuration_vit_custom.ViTCustomConfig",
@@ -108,7 +109,7 @@ class ViTCustomConfig(PretrainedConfig):
                 raise ValueError(f"ViTCustomConfig.{name}: expected a positive integer, got {value!r}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
             value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ValueError(f"ViTCustomConfig.{name}: expected a probability in [0, 1), got {value!r}")
         if self.layer_norm_eps <= 0 or self.initializer_range <= 0:
             raise ValueError(
@@ -125,5 +126,9 @@ class ViTCustomConfig(PretrainedConfig):
                 f"ViTCustomConfig.image_size: expected a multiple of patch_size ({self.patch_size}), "
                 f"got {self.image_size}"
             )
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"ViTCustomConfig.hidden_act: expected one of {sorted(ACT2FN)}, got {self.hidden_act!r}")
+        if not isinstance(self.qkv_bias, bool):
+            raise ValueError(f"ViTCustomConfig.qkv_bias: expected true or false, got {self.qkv_bias!r}")
         if self.pooling not in ("cls", "mean"):
             raise ValueError(f"ViTCustomConfig.pooling: expected 'cls' or 'mean', got {self.pooling!r}")

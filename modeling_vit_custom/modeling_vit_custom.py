@@ -163,7 +163,8 @@ class ViTCustomEncoder(nn.Module):
 
     def __init__(self, config: ViTCustomConfig):
         super().__init__()
-        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        n = config.num_hidden_layers
+        rates = [config.drop_path_rate * i / max(n - 1, 1) for i in range(n)]  # 0 -> drop_path_rate, as timm
         self.layers = nn.ModuleList([ViTCustomLayer(config, rate) for rate in rates])
         self.gradient_checkpointing = False
 
@@ -290,7 +291,9 @@ class ViTCustomForImageClassification(ViTCustomPreTrainedModel):
     def no_weight_decay(self) -> set[str]:
         return {f"vit.{name}" for name in self.vit.no_weight_decay()}
 
-    def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def compute_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy on class indices (B,), or on per-class probabilities (B, num_labels), in float32."""
         if labels.is_floating_point():
             if labels.shape != logits.shape:
                 raise ValueError(

@@ -119,9 +119,9 @@ def _check_timm_model(model: nn.Module) -> None:
         if not isinstance(block.mlp.act, nn.GELU):
             problems.append(f"block {i} activation {type(block.mlp.act).__name__}, expected GELU")
             break
-        norms = (block.norm1, block.norm2)
-        if any(not isinstance(n, nn.LayerNorm) or n.eps != model.norm.eps for n in norms):
-            problems.append(f"block {i} norms differ from the final LayerNorm (eps {model.norm.eps})")
+        eps = getattr(model.norm, "eps", None)
+        if any(not isinstance(n, nn.LayerNorm) or n.eps != eps for n in (block.norm1, block.norm2)):
+            problems.append(f"block {i} norms differ from the final LayerNorm (eps {eps})")
             break
     if problems:
         raise ValueError(f"timm model: expected a plain ViT, got features vit-custom does not have: {problems}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
+from datasets.distributed import split_dataset_by_node
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 from PIL import Image
 
@@ -421,6 +422,8 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self.dataset):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self.dataset)} images")
         replaced = 0
         while True:
             i = (index + replaced) % len(self.dataset)
@@ -473,7 +476,7 @@ class StreamingImageClassificationDataset(torch.utils.data.IterableDataset):
                 world_size,
                 world_size,
             )
-        self.dataset = datasets.distributed.split_dataset_by_node(dataset, rank=rank, world_size=world_size)
+        self.dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
         self.world_size = world_size
         self.transform = transform
         self.counter = _BadImageCounter(max_bad_fraction)

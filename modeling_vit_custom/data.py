@@ -368,13 +368,20 @@ def load_datasets(args: DataArguments, seed: int = 0) -> DatasetSplits:
 # Torch datasets: decode in the DataLoader workers
 
 
-def open_image(encoded: dict) -> Image.Image:
-    """{"bytes", "path"} as datasets.Image(decode=False) stores it -> a lazily decoded PIL image."""
+def decode_image(encoded: dict, transform: Callable | None = None) -> Image.Image:
+    """{"bytes", "path"} as datasets.Image(decode=False) stores it -> a decoded PIL image. A transform's `prepare`
+    (the eval transform's JPEG draft) runs before decoding. Raises one of IMAGE_ERRORS for an undecodable file."""
     if encoded.get("bytes") is not None:
-        return Image.open(io.BytesIO(encoded["bytes"]))
-    if encoded.get("path"):
-        return Image.open(encoded["path"])
-    raise ValueError(f"image: expected bytes or a path, got {encoded!r}")
+        image = Image.open(io.BytesIO(encoded["bytes"]))
+    elif encoded.get("path"):
+        image = Image.open(encoded["path"])
+    else:
+        raise ValueError(f"image: expected bytes or a path, got {encoded!r}")
+    prepare = getattr(transform, "prepare", None)
+    if prepare is not None:
+        prepare(image)
+    image.load()
+    return image
 
 
 class _BadImageCounter:
@@ -428,8 +435,9 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         while True:
             i = (index + replaced) % len(self.dataset)
             example = self.dataset[i]
+            # Only decoding is guarded: an error in the transform is a bug, not a bad image.
             try:
-                pixel_values = self.transform(open_image(example["image"]))
+                image = decode_image(example["image"], self.transform)
             except IMAGE_ERRORS as e:
                 self.counter.bad(f"at index {i}", e)
                 replaced += 1
@@ -439,7 +447,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
                     ) from e
                 continue
             self.counter.good()
-            return {"pixel_values": pixel_values, "labels": example["label"], "replaced": replaced}
+            return {"pixel_values": self.transform(image), "labels": example["label"], "replaced": replaced}
 
 
 class StreamingImageClassificationDataset(torch.utils.data.IterableDataset):
@@ -506,7 +514,7 @@ class StreamingImageClassificationDataset(torch.utils.data.IterableDataset):
         replaced = 0
         for position, example in enumerate(self.dataset):
             try:
-                pixel_values = self.transform(open_image(example["image"]))
+                image = decode_image(example["image"], self.transform)
             except IMAGE_ERRORS as e:
                 self.counter.bad(f"at stream position {position} (worker {worker.id if worker else 0})", e)
                 replaced += 1
@@ -514,7 +522,7 @@ class StreamingImageClassificationDataset(torch.utils.data.IterableDataset):
                     raise TooManyBadImages(f"{replaced} consecutive images could not be decoded") from e
                 continue
             self.counter.good()
-            yield {"pixel_values": pixel_values, "labels": example["label"], "replaced": replaced}
+            yield {"pixel_values": self.transform(image), "labels": example["label"], "replaced": replaced}
             replaced = 0
         if replaced:
             logger.warning("%d undecodable images at the end of the stream are not counted in any batch", replaced)

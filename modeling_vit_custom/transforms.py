@@ -2,12 +2,13 @@
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from PIL import Image
 from timm.data import Mixup, create_transform
+from timm.data.auto_augment import RandAugment, posterize
 from timm.data.mixup import mixup_target
 from torchvision import transforms as T
 
@@ -22,7 +23,8 @@ DRAFT_MARGIN = 2.0
 class AugmentArguments:
     """Training augmentation (timm's `create_transform` and `Mixup`); every piece is off at 0 / None / ""."""
 
-    train_crop_scale: tuple[float, float] = (0.08, 1.0)
+    # A list so that it parses as a command-line flag (`--train_crop_scale 0.08 1.0`); stored as a tuple.
+    train_crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     hflip: float = 0.5
     randaugment: str | None = "rand-m9-mstd0.5-inc1"
     # timm ignores color jitter when RandAugment is on, as DeiT does.
@@ -122,11 +124,15 @@ class EvalTransform:
         top = int(round((new_height - self.size) / 2.0))
         return (new_width, new_height), (left, top)
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def prepare(self, image: Image.Image) -> None:
+        """Before decoding: ask Pillow to decode a large JPEG at a reduced scale (no effect once loaded)."""
         if not self.exact and image.format == "JPEG":
             width, height = image.size
             factor = DRAFT_MARGIN * self.scale_size / min(width, height)
             image.draft(None, (math.ceil(width * factor), math.ceil(height * factor)))
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        self.prepare(image)
         image = convert_image(image, self.mode)
         width, height = image.size
         (new_width, new_height), (left, top) = self.resize_and_crop_geometry(width, height)
@@ -195,7 +201,20 @@ def build_train_transform(
         # Per-pixel normal noise, as DeiT erases.
         re_mode="pixel",
     )
+    for op in timm_transform.transforms:
+        if isinstance(op, RandAugment):
+            for augment_op in op.ops:
+                if augment_op.name.startswith("Posterize"):
+                    augment_op.aug_fn = _posterize
     return T.Compose([ConvertImage(num_channels), timm_transform])
+
+
+def _posterize(image: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
+    """timm's posterize, where keeping 0 bits (PosterizeIncreasing at magnitude 10, which "mstd0.5" samples) gives a
+    black image as Pillow used to, instead of the ValueError Pillow 13 raises for bits outside 1..8."""
+    if bits_to_keep <= 0:
+        return Image.new(image.mode, image.size)
+    return posterize(image, bits_to_keep, **kwargs)
 
 
 def build_mixup(aug: AugmentArguments, num_classes: int) -> Mixup | None:

@@ -449,3 +449,13 @@ def test_fashion_mnist_bad_idx_file_is_named(tmp_path):
     with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz: expected IDX magic number 2051, got 2049"):
         fashion_mnist_parquet(str(tmp_path / "cache"), idx_dir=tmp_path)
     assert not list((tmp_path / "cache").glob("*.parquet"))
+
+
+def test_transform_errors_are_not_taken_for_bad_images(odd_images):
+    hf_dataset, _ = odd_images
+
+    def broken(image):
+        raise ValueError("a bug in the transform")
+
+    with pytest.raises(ValueError, match="a bug in the transform"):
+        ImageClassificationDataset(hf_dataset, broken)[0]

@@ -180,3 +180,17 @@ def test_mixup_and_label_smoothing():
     smoothed = smooth_labels(torch.tensor([2, 0]), num_classes=5, smoothing=0.1)
     assert torch.allclose(smoothed[0], torch.tensor([0.02, 0.02, 0.92, 0.02, 0.02]))
     assert torch.allclose(smoothed.sum(dim=1), torch.ones(2))
+
+
+def test_randaugment_posterize_to_zero_bits_gives_black():
+    transform = build_train_transform(PreprocessSettings(image_size=32), 3, AugmentArguments())
+    randaugment = next(t for t in transform.transforms[1].transforms if isinstance(t, RandAugment))
+    posterize_ops = [op for op in randaugment.ops if op.name.startswith("Posterize")]
+    assert posterize_ops
+    image = natural_image(32, 32)
+    for op in posterize_ops:
+        # Magnitude 10 of PosterizeIncreasing keeps 0 bits; Pillow 13's own posterize raises for it.
+        assert np.asarray(op.aug_fn(image, 0)).max() == 0
+        assert np.array_equal(np.asarray(op.aug_fn(image, 4)), np.asarray(image) & 0xF0)
+        op.magnitude, op.magnitude_std, op.prob = 10, 0, 1.0
+        assert np.asarray(op(image)).max() == 0

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from .conversion import from_timm, max_abs_logit_diff
@@ -174,7 +175,9 @@ def interleaved_throughput(
 def count_gflops(model: nn.Module, pixel_values: torch.Tensor) -> float:
     """Forward GFLOPs per image, counted by `torch.utils.flop_counter.FlopCounterMode` (a multiply-add is 2)."""
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    # FlopCounterMode has no formula for the CPU flash-attention kernel; the math backend runs the same attention as
+    # matmuls it does count.
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         _logits(model, pixel_values)
     return counter.get_total_flops() / pixel_values.shape[0] / 1e9
 
@@ -367,7 +370,9 @@ def compare(
         from timm.data import create_transform, resolve_data_config
 
         ours, timm_model = build_pair(spec, device)
-        transform = create_transform(**resolve_data_config({}, model=timm_model))
+        # timm's pretrained eval transform, at the model's own resolution (a model built from kwargs has no config).
+        input_size = (timm_model.in_chans, *timm_model.patch_embed.img_size)
+        transform = create_transform(**resolve_data_config({"input_size": input_size}, model=timm_model))
         dataset = load_eval_dataset(dataset_path, max_eval_samples)
         accuracy = top_k_accuracy({"ours": ours, "timm": timm_model}, dataset, transform, batch_size, device)
         rows += [_row(k, accuracy["ours"][k], accuracy["timm"][k]) for k in ("top1", "top5")]

@@ -1,0 +1,163 @@
+"""Tests of the benchmarking helpers on tiny ViTs: interleaving, FLOPs against the analytic count, schema, memory."""
+
+import json
+import statistics
+import time
+
+import datasets
+import pytest
+import torch
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
+
+from modeling_vit_custom.benchmarking import (
+    METRIC_UNITS,
+    benchmark,
+    build_pair,
+    compare,
+    count_gflops,
+    example_batch,
+    format_benchmark,
+    interleaved_throughput,
+    load_eval_dataset,
+    peak_memory_mb,
+    plot_ratios,
+    top_k_accuracy,
+    write_json,
+)
+
+TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4, "num_classes": 10}
+
+
+def test_interleaved_timer_alternates_order_and_reports_medians():
+    calls = []
+
+    def step(name, seconds):
+        def run():
+            calls.append(name)
+            time.sleep(seconds)
+
+        return run
+
+    timings = interleaved_throughput(
+        {"ours": step("ours", 0.01), "timm": step("timm", 0.02)}, batch_size=4, warmup=1, repeats=4, iters=2
+    )
+    # Warm-up once each, then repeats alternating ours-first and timm-first, `iters` calls per turn.
+    forward, backward = ["ours"] * 2 + ["timm"] * 2, ["timm"] * 2 + ["ours"] * 2
+    assert calls == ["ours", "timm"] + forward + backward + forward + backward
+    assert len(timings["ours"].images_per_s) == len(timings["timm"].images_per_s) == 4
+    assert timings["ours"].median == statistics.median(timings["ours"].images_per_s)
+    # 8 images per 2 x 10 ms is at most 400 images/s; sleeping overshoots, never undershoots.
+    assert 200 < timings["ours"].median <= 400 and 100 < timings["timm"].median <= 200
+    assert 1.5 < timings["ours"].median / timings["timm"].median < 2.5
+
+
+def test_interleaved_timer_rejects_bad_counts():
+    with pytest.raises(ValueError, match="repeats"):
+        interleaved_throughput({"ours": lambda: None}, batch_size=1, repeats=0)
+
+
+def test_flops_match_the_analytic_count():
+    ours, timm_model = build_pair(TINY)
+    pixel_values, _ = example_batch(ours, 2)
+    T, N, D, inner, classes, patch = 17, 16, 64, 256, 10, 8 * 8 * 3
+    layer = 2 * T * D * 3 * D + 4 * T * T * D + 2 * T * D * D + 4 * T * D * inner  # qkv, q@k and a@v, proj, MLP
+    # Our last layer asks only the class token's query (keys/values from all tokens) when classifying.
+    last = 2 * T * D * 3 * D + 4 * T * D + 2 * D * D + 4 * D * inner
+    embed_and_head = 2 * N * patch * D + 2 * D * classes
+    assert count_gflops(timm_model, pixel_values) * 1e9 == embed_and_head + 2 * layer
+    assert count_gflops(ours, pixel_values) * 1e9 == embed_and_head + layer + last
+
+
+def test_compare_schema_and_values():
+    result = compare(TINY, batch_size=2, warmup=1, repeats=3, measure_memory=False)
+    assert set(result) >= {"timm_model", "batch_size", "machine", "rows"}
+    assert result["batch_size"] == 2 and isinstance(result["timm_model"], str)
+    assert {"cpu", "torch_threads", "torch"} <= set(result["machine"])
+    rows = {row["metric"]: row for row in result["rows"]}
+    assert list(rows) == ["parameters", "gflops", "inference_images_per_s", "train_images_per_s", "max_abs_logit_diff"]
+    for row in result["rows"]:
+        assert set(row) == {"metric", "ours", "timm", "ratio", "unit"} and row["unit"] == METRIC_UNITS[row["metric"]]
+        assert all(isinstance(row[k], float) for k in ("ours", "timm", "ratio"))
+    # Patch projection, class token, 17 positions, 2 x (2 norms, qkv, proj, fc1, fc2), final norm, head.
+    parameters = 192 * 64 + 64 + 64 + 17 * 64 + 2 * (4 * 64 + 64 * 192 + 192 + 64 * 64 + 64 + 2 * 64 * 256 + 256 + 64)
+    parameters += 2 * 64 + 64 * 10 + 10
+    assert (
+        rows["parameters"]["ours"] == rows["parameters"]["timm"] == parameters and rows["parameters"]["ratio"] == 1.0
+    )
+    diff = rows["max_abs_logit_diff"]
+    assert diff["ours"] == diff["timm"] < 1e-5 and diff["ratio"] == 1.0
+    speed = rows["train_images_per_s"]
+    assert speed["ours"] > 0 and speed["ratio"] == pytest.approx(speed["ours"] / speed["timm"])
+    assert len(result["timing"]["train_images_per_s"]["ours"]) == 3
+    json.dumps(result)
+
+
+@pytest.mark.slow
+def test_training_peak_memory_grows_with_batch():
+    spec = {"img_size": 64, "patch_size": 8, "embed_dim": 128, "depth": 2, "num_heads": 4, "num_classes": 10}
+    small, large = peak_memory_mb(spec, 2, steps=1), peak_memory_mb(spec, 32, steps=1)
+    # Activations and gradients of batch 32 (65 tokens of width 128, ~1 MiB per tensor) need megabytes more.
+    for which in ("ours", "timm"):
+        assert 0 <= small[which] < large[which] and large[which] - small[which] > 5
+
+
+def _image_folder(root, count=6):
+    generator = torch.Generator().manual_seed(0)
+    for i in range(count):
+        label = f"class{i % 2}"
+        (root / label).mkdir(parents=True, exist_ok=True)
+        pixels = torch.randint(0, 256, (40, 48, 3), generator=generator, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(root / label / f"{i}.png")
+    return root
+
+
+def test_top_k_accuracy_is_the_same_for_same_weights_and_matches_manual(tmp_path):
+    ours, timm_model = build_pair(TINY)
+    dataset = load_eval_dataset(_image_folder(tmp_path / "images"))
+    assert len(dataset) == 6
+    transform = create_transform(**resolve_data_config({"input_size": (3, 32, 32)}, model=timm_model))
+    accuracy = top_k_accuracy({"ours": ours, "timm": timm_model}, dataset, transform, batch_size=4)
+    assert accuracy["ours"] == accuracy["timm"]
+    with torch.no_grad():
+        logits = timm_model(torch.stack([transform(image.convert("RGB")) for image in dataset["image"]]))
+    labels = torch.tensor(dataset["label"])
+    assert accuracy["timm"]["top1"] == (logits.argmax(-1) == labels).float().mean().item()
+    top5 = (logits.topk(5, -1).indices == labels[:, None]).any(-1).float().mean().item()
+    assert accuracy["timm"]["top5"] == pytest.approx(top5)
+
+
+def test_compare_with_a_parquet_dataset_adds_top_k_rows(tmp_path):
+    images = [Image.new("RGB", (32, 32), (i * 40, 0, 0)) for i in range(3)]
+    datasets.Dataset.from_dict({"image": images, "label": [0, 1, 2]}).to_parquet(tmp_path / "eval.parquet")
+    result = compare(
+        TINY, batch_size=2, warmup=0, repeats=1, measure_memory=False, dataset_path=tmp_path / "eval.parquet"
+    )
+    rows = {row["metric"]: row for row in result["rows"]}
+    assert rows["top1"]["ours"] == rows["top1"]["timm"] and rows["top1"]["ours"] in (0.0, 1 / 3, 2 / 3, 1.0)
+    assert rows["top5"]["ours"] >= rows["top1"]["ours"]
+    with pytest.raises(ValueError, match="expected an image folder or a .parquet file"):
+        load_eval_dataset(tmp_path / "missing.csv")
+
+
+def test_plot_and_json_are_written(tmp_path):
+    result = {
+        "timm_model": "x",
+        "batch_size": 1,
+        "rows": [{"metric": "gflops", "ours": 1.0, "timm": 2.0, "ratio": 0.5, "unit": "GFLOPs"}],
+    }
+    plot_ratios(result, tmp_path / "chart.png")
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    write_json(result, tmp_path / "out.json")
+    assert json.loads((tmp_path / "out.json").read_text()) == result
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chart.png", "out.json"]
+
+
+def test_benchmark_rows_and_table():
+    result = benchmark([(TINY, 2)], warmup=1, repeats=3, measure_memory=False)
+    assert [(row["mode"], row["compiled"]) for row in result["rows"]] == [("inference", False), ("train", False)]
+    for row in result["rows"]:
+        assert row["ratio"] == pytest.approx(row["ours_images_per_s"] / row["timm_images_per_s"])
+        assert len(row["ours_runs"]) == len(row["timm_runs"]) == 3
+    table = format_benchmark(result)
+    assert table.count("\n| VisionTransformer(") == 2 and "Machine: cpu:" in table

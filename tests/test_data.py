@@ -26,6 +26,7 @@ from modeling_vit_custom.data import (
     collate,
     fashion_mnist_parquet,
     load_datasets,
+    write_shrunk_parquet,
 )
 from modeling_vit_custom.image_processing import PreprocessSettings
 from modeling_vit_custom.transforms import AugmentArguments, build_eval_transform, build_train_transform
@@ -459,3 +460,21 @@ def test_transform_errors_are_not_taken_for_bad_images(odd_images):
 
     with pytest.raises(ValueError, match="a bug in the transform"):
         ImageClassificationDataset(hf_dataset, broken)[0]
+
+
+def test_shrunk_parquet_copy(tmp_path):
+    rng = np.random.default_rng(0)
+    big = Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).convert("CMYK")
+    images = [encode(big, "JPEG"), encode(Image.new("L", (100, 80), 9), "PNG"), b"garbage", solid_png(30)]
+    table = {"image": [{"bytes": b, "path": None} for b in images], "label": [0, 1, 2, 1]}
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
+    paths = write_shrunk_parquet(datasets.Dataset.from_dict(table, features=features), tmp_path, "train", 2)
+    assert [Path(p).name for p in paths] == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
+    assert not list(tmp_path.glob("*.tmp"))
+    shrunk = datasets.Dataset.from_parquet([str(p) for p in paths])
+    assert shrunk.features["label"].names == CLASSES
+    assert shrunk["label"] == [0, 1, 1]  # the garbage image is dropped
+    decoded = [shrunk[i]["image"] for i in range(3)]
+    assert [image.size for image in decoded] == [(427, 320), (100, 80), (12, 10)]
+    assert all(image.mode == "RGB" and image.format == "JPEG" for image in decoded)
+    assert abs(np.asarray(decoded[2])[..., 0].mean() - 30) < 2

@@ -1,0 +1,321 @@
+"""Train a ViT (ours, or timm's for comparison) on ImageNet-1k or any image-classification dataset.
+
+One script for one CPU, one GPU, many GPUs or many machines:
+
+    accelerate launch [--config_file accelerate_config.yaml] scripts/train.py --config configs/quickstart.yaml \
+        [--key value ...]
+
+The run directory holds checkpoints/step_N/, metrics.jsonl, best/ and final/ (self-contained model folders) and
+training_curves.png.
+"""
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from timm.data.mixup import mixup_target
+from timm.utils import ModelEmaV3
+from tqdm.auto import tqdm
+
+# The repository root instead of scripts/, where evaluate.py would shadow the `evaluate` library.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from modeling_vit_custom.data import DataArguments, check_bad_images, load_datasets  # noqa: E402
+from modeling_vit_custom.training import (  # noqa: E402
+    MetricsLog,
+    ModelArguments,
+    TrainingArguments,
+    build_dataloaders,
+    build_model,
+    classification_loss,
+    create_optimizer,
+    create_scheduler,
+    forward_flops_per_image,
+    model_logits,
+    parse_args,
+    peak_flops,
+    plot_metrics,
+    ranks_in_sync,
+    read_training_state,
+    resolve_checkpoint,
+    run_evaluation,
+    save_checkpoint,
+    save_model_folder,
+    scaled_learning_rate,
+    steps_per_epoch,
+    to_jsonable,
+)
+from modeling_vit_custom.transforms import AugmentArguments, build_mixup  # noqa: E402
+
+logger = get_logger(__name__)
+
+
+def main(argv: list[str] | None = None):
+    model_args, data_args, aug_args, args = parse_args(
+        (ModelArguments, DataArguments, AugmentArguments, TrainingArguments), argv
+    )
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        # bf16 on GPU (no loss scaling needed); on CPU autocast is slower than fp32.
+        mixed_precision=args.mixed_precision or ("bf16" if torch.cuda.is_available() else "no"),
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir=args.output_dir,
+        dataloader_config=DataLoaderConfiguration(non_blocking=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+    output_dir = Path(args.output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+    # Data: the main process prepares it first (download, Fashion-MNIST conversion), then the others read the cache.
+    with accelerator.main_process_first():
+        splits = load_datasets(data_args, seed=args.seed)
+    num_classes = len(splits.class_names)
+    model, settings = build_model(model_args, splits.class_names)
+    num_channels = model.config.num_channels if hasattr(model, "config") else 3
+    train_loader, eval_loader, train_sampler = build_dataloaders(
+        splits, settings, num_channels, aug_args, data_args, args, accelerator
+    )
+    mixup = build_mixup(aug_args, num_classes)
+
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.to(accelerator.device)
+    global_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    lr = scaled_learning_rate(args.learning_rate, global_batch_size)
+    optimizer = create_optimizer(model, args, lr)
+    if args.torch_compile:
+        model = torch.compile(model)
+
+    streaming = data_args.streaming
+    if streaming:
+        # Streaming loaders are already sharded by split_dataset_by_node; preparing them would shard them twice.
+        model, optimizer = accelerator.prepare(model, optimizer)
+    else:
+        model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    if len(train_loader) == 0:
+        raise ValueError(
+            f"The training split has too few samples for one batch of {args.per_device_train_batch_size} "
+            f"on each of {accelerator.num_processes} processes"
+        )
+    epoch_steps = steps_per_epoch(len(train_loader), args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or math.ceil(args.num_train_epochs * epoch_steps)
+    num_epochs = math.ceil(max_train_steps / epoch_steps)
+    # The schedule is defined in optimizer steps and stepped once per optimizer step below. It is not passed to
+    # accelerator.prepare(), whose wrapper would step it num_processes times per optimizer step; it is registered so
+    # that save_state / load_state still checkpoint it.
+    scheduler = create_scheduler(optimizer, args, epoch_steps, max_train_steps)
+    accelerator.register_for_checkpointing(scheduler)
+    ema = ModelEmaV3(accelerator.unwrap_model(model), decay=args.ema_decay) if args.ema_decay else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+
+    run_config = {
+        **to_jsonable(model_args, data_args, aug_args, args),
+        "num_processes": accelerator.num_processes,
+        "global_batch_size": global_batch_size,
+        "effective_learning_rate": lr,
+        "max_train_steps": max_train_steps,
+        "mixed_precision": accelerator.mixed_precision,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+    }
+    if accelerator.is_main_process:
+        (output_dir / "run_config.json").write_text(json.dumps(run_config, indent=2))
+    accelerator.init_trackers(
+        "vit_custom",
+        config={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in run_config.items()},
+    )
+    metrics = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process)
+
+    flops_per_image = forward_flops_per_image(accelerator.unwrap_model(model), settings, num_channels)
+    device_peak = peak_flops(accelerator.device)
+
+    global_step, start_epoch, skip_batches, best_top1, best_step = 0, 0, 0, -1.0, 0
+    if args.resume_from_checkpoint:
+        checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+        accelerator.load_state(str(checkpoint))
+        state = read_training_state(checkpoint)
+        global_step, start_epoch, skip_batches = state["step"], state["epoch"], state["batches_in_epoch"]
+        best_top1, best_step = state["best_top1"], state["best_step"]
+        logger.info(f"Resumed from {checkpoint} at step {global_step} (epoch {start_epoch}, batch {skip_batches})")
+
+    logger.info(
+        f"{run_config['num_parameters']:,} parameters, {flops_per_image / 1e9:.3g} GFLOPs/image; "
+        f"{max_train_steps} optimizer steps over {num_epochs} epochs of {epoch_steps}; global batch "
+        f"{global_batch_size}, lr {lr:.3g} ({args.learning_rate:g} per 512)",
+        main_process_only=True,
+    )
+
+    def evaluate_and_keep_best(epoch: float) -> dict:
+        nonlocal best_top1, best_step
+        eval_model = ema.module if ema is not None else model
+        result = run_evaluation(eval_model, eval_loader, accelerator, prepared=not streaming)
+        metrics.write("eval", step=global_step, epoch=epoch, **result)
+        accelerator.log(result, step=global_step)
+        logger.info(
+            f"step {global_step}: eval loss {result['eval_loss']:.4f}, top-1 {100 * result['eval_top1']:.2f}%, "
+            f"top-5 {100 * result['eval_top5']:.2f}% on {result['eval_samples']} samples",
+            main_process_only=True,
+        )
+        if result["eval_top1"] > best_top1:
+            best_top1, best_step = result["eval_top1"], global_step
+            save_model_folder(accelerator, eval_model, settings, output_dir / "best")
+        return result
+
+    saved_step = None
+
+    def checkpoint(epoch: int, batches_in_epoch: int):
+        nonlocal saved_step
+        if saved_step == global_step:  # the step's checkpoint is also the epoch's (same weights, same RNG)
+            return
+        saved_step = global_step
+        state = {
+            "step": global_step,
+            "epoch": epoch,
+            "batches_in_epoch": batches_in_epoch,
+            "best_top1": best_top1,
+            "best_step": best_step,
+        }
+        path = save_checkpoint(accelerator, args.output_dir, global_step, state, args.checkpoints_total_limit)
+        logger.info(f"Saved checkpoint {path}", main_process_only=True)
+
+    progress = tqdm(
+        total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process, unit="step"
+    )
+    # Per-step values stay on the device and are read only when logging: no host sync per step.
+    step_losses, step_finite, bad_images, seen_images = [], [], 0, 0
+    log_start, log_images, start_time = time.perf_counter(), 0, time.perf_counter()
+    model.train()
+    for epoch in range(start_epoch, num_epochs):
+        loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
+        # accelerate's loaders hand their own iteration count to the sampler when iterated: make it ours.
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        train_sampler.set_epoch(epoch)
+        batches_in_epoch, skip_batches = skip_batches, 0
+        micro_losses = []
+        for batch in loader:
+            if streaming:
+                batch = {
+                    k: v.to(accelerator.device, non_blocking=True) if torch.is_tensor(v) else v
+                    for k, v in batch.items()
+                }
+            pixel_values, labels = batch["pixel_values"], batch["labels"]
+            if mixup is not None:
+                pixel_values, labels = mixup(pixel_values, labels)
+            elif aug_args.label_smoothing > 0:
+                labels = mixup_target(labels, num_classes, smoothing=aug_args.label_smoothing)
+            with accelerator.accumulate(model):
+                loss = classification_loss(model_logits(model, pixel_values), labels)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            micro_losses.append(loss.detach())
+            batches_in_epoch += 1
+            bad_images += int(batch["replaced"])
+            seen_images += len(pixel_values)
+            log_images += len(pixel_values) * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+
+            if not accelerator.optimizer_step_was_skipped:
+                scheduler.step()
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(model), step=global_step)
+            global_step += 1
+            step_loss = torch.stack(micro_losses).mean()
+            step_losses.append(step_loss)
+            step_finite.append(torch.isfinite(step_loss))
+            micro_losses = []
+            progress.update(1)
+
+            at_log = global_step % args.logging_steps == 0 or global_step == max_train_steps
+            at_eval = bool(args.eval_steps) and global_step % args.eval_steps == 0
+            at_checkpoint = bool(args.checkpointing_steps) and global_step % args.checkpointing_steps == 0
+            if at_log or at_eval or at_checkpoint:
+                # Every rank checks: a non-finite loss on any rank stops all of them before anything is saved.
+                finite = accelerator.reduce(torch.stack(step_finite).float(), "sum").cpu()
+                if (finite < accelerator.num_processes).any():
+                    bad_step = (
+                        global_step - len(step_finite) + 1 + int((finite < accelerator.num_processes).nonzero()[0])
+                    )
+                    raise FloatingPointError(
+                        f"Non-finite loss at step {bad_step}; stopping. The last checkpoint in "
+                        f"{output_dir / 'checkpoints'} is intact: lower --learning_rate or raise --num_warmup_steps"
+                    )
+                step_finite = []
+            if at_log:
+                loss_value = accelerator.reduce(torch.stack(step_losses).mean(), "mean").item()
+                elapsed = time.perf_counter() - log_start
+                images_per_second = log_images / elapsed
+                values = {"loss": loss_value, "lr": scheduler.get_last_lr()[0], "images_per_second": images_per_second}
+                if device_peak:
+                    values["mfu"] = 3 * flops_per_image * images_per_second / (device_peak * accelerator.num_processes)
+                metrics.write("train", step=global_step, epoch=global_step / epoch_steps, **values)
+                accelerator.log(values, step=global_step)
+                progress.set_postfix(
+                    loss=f"{loss_value:.4f}", lr=f"{values['lr']:.2e}", img_s=f"{images_per_second:.0f}"
+                )
+                step_losses, log_start, log_images = [], time.perf_counter(), 0
+            if at_eval:
+                evaluate_and_keep_best(global_step / epoch_steps)
+                model.train()
+            if at_checkpoint:
+                checkpoint(epoch, batches_in_epoch)
+            if global_step >= max_train_steps:
+                break
+
+        total_bad = int(accelerator.reduce(torch.tensor(bad_images, device=accelerator.device), "sum"))
+        total_seen = int(accelerator.reduce(torch.tensor(seen_images, device=accelerator.device), "sum"))
+        if total_bad:
+            logger.warning(f"Epoch {epoch}: replaced {total_bad} unreadable images of {total_seen}")
+        check_bad_images(total_bad, total_seen, data_args.max_bad_image_fraction)
+        bad_images = seen_images = 0
+        result = evaluate_and_keep_best(global_step / epoch_steps)
+        model.train()
+        checkpoint(epoch + 1, 0)
+        if global_step >= max_train_steps:
+            break
+    progress.close()
+
+    in_sync = ranks_in_sync(model, accelerator)
+    if not in_sync:
+        logger.error("The processes ended with different parameters: gradient synchronisation is broken")
+    final_model = ema.module if ema is not None else model
+    save_model_folder(accelerator, final_model, settings, output_dir / "final")
+    runtime = time.perf_counter() - start_time
+    metrics.write(
+        "summary",
+        best_eval_top1=best_top1,
+        best_step=best_step,
+        final_eval_top1=result["eval_top1"],
+        final_eval_top5=result["eval_top5"],
+        train_runtime_s=runtime,
+        total_steps=global_step,
+        ranks_in_sync=in_sync,
+    )
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        plot_metrics(output_dir / "metrics.jsonl", output_dir / "training_curves.png")
+        logger.info(
+            f"Done in {runtime / 60:.1f} min: final top-1 {100 * result['eval_top1']:.2f}%, "
+            f"best {100 * best_top1:.2f}%; model in {output_dir / 'final'}"
+        )
+        if args.push_to_hub:
+            from modeling_vit_custom.hub import push_run
+
+            push_run(output_dir / "final", output_dir, args.hub_model_id, private=args.hub_private)
+
+
+if __name__ == "__main__":
+    main()

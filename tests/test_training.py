@@ -1,0 +1,272 @@
+"""The training script, launched for real with accelerate as its users launch it (1 and 2 CPU processes)."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from modeling_vit_custom.training import (
+    TRAINING_STATE,
+    EpochSampler,
+    SeededSamples,
+    list_checkpoints,
+    parse_config_overrides,
+    read_metrics,
+    resolve_checkpoint,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+TINY = "image_size=16,patch_size=4,hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64"
+CLASSES = ["red", "green", "blue"]
+
+
+def write_split(root: Path, per_class: list[int], seed: int):
+    """An imagefolder whose classes differ by colour, so a tiny model learns them in a few steps."""
+    rng = np.random.default_rng(seed)
+    for c, (name, count) in enumerate(zip(CLASSES, per_class, strict=True)):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            pixels = rng.integers(0, 90, size=(20, 20, 3), dtype=np.uint8)
+            pixels[..., c] += 140
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+
+
+@pytest.fixture(scope="module")
+def image_folders(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("data")
+    write_split(root / "train", [16, 16, 16], seed=0)
+    write_split(root / "validation", [34, 34, 33], seed=1)  # 101: not a multiple of any batch or process count
+    return root / "train", root / "validation"
+
+
+def train_command(data: tuple[Path, Path], output_dir: Path, *extra: str, processes: int = 1) -> list[str]:
+    if processes == 1:
+        launch = [ACCELERATE, "launch", "--config_file", str(ROOT / "configs/accelerate/cpu.yaml")]
+    else:
+        launch = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(processes), "--main_process_port", "0"]
+    return [
+        *launch,
+        str(ROOT / "scripts/train.py"),
+        "--train_dir", str(data[0]),
+        "--validation_dir", str(data[1]),
+        "--model_config_overrides", TINY,
+        "--output_dir", str(output_dir),
+        "--per_device_train_batch_size", "4",
+        "--per_device_eval_batch_size", "8",
+        "--learning_rate", "0.1",
+        "--num_warmup_steps", "3",
+        "--logging_steps", "1",
+        "--num_workers", "0",
+        "--report_to", "none",
+        "--seed", "7",
+        *extra,
+    ]  # fmt: skip
+
+
+def environment() -> dict:
+    return {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def run(command: list[str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
+
+
+def events(output_dir: Path, kind: str) -> list[dict]:
+    return [e for e in read_metrics(output_dir / "metrics.jsonl") if e["event"] == kind]
+
+
+def lr_by_step(output_dir: Path) -> dict[int, float]:
+    return {e["step"]: e["lr"] for e in events(output_dir, "train")}
+
+
+def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(output_dir / "final" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def single_run(image_folders, tmp_path_factory) -> Path:
+    """One process, batch 8, no accumulation, 2 epochs of 6 steps: the reference for the other runs."""
+    out = tmp_path_factory.mktemp("single") / "run"
+    run(train_command(image_folders, out, "--per_device_train_batch_size", "8", "--num_train_epochs", "2",
+                      "--checkpointing_steps", "4"))  # fmt: skip
+    return out
+
+
+def test_single_process_run_writes_everything(single_run):
+    eval_events = events(single_run, "eval")
+    assert [e["step"] for e in eval_events] == [6, 12]
+    for e in eval_events:
+        assert e["eval_samples"] == 101
+        assert {"epoch", "eval_loss", "eval_top1", "eval_top5"} <= set(e)
+    assert eval_events[-1]["eval_top1"] > 0.9  # the colours are easy: far above chance (1/3)
+    train_events = events(single_run, "train")
+    assert [e["step"] for e in train_events] == list(range(1, 13))
+    assert all(np.isfinite(e["loss"]) and e["images_per_second"] > 0 for e in train_events)
+    # checkpoints at steps 4 and 8 and at the ends of epochs (6, 12); the newest two are kept
+    assert [p.name for p in list_checkpoints(single_run)] == ["step_8", "step_12"]
+    assert (single_run / "training_curves.png").stat().st_size > 10_000
+    summary = events(single_run, "summary")[0]
+    assert summary["total_steps"] == 12 and summary["final_eval_top1"] == eval_events[-1]["eval_top1"]
+    config = json.loads((single_run / "run_config.json").read_text())
+    assert config["global_batch_size"] == 8 and config["effective_learning_rate"] == pytest.approx(0.1 * 8 / 512)
+    for folder in ("final", "best"):
+        names = {p.name for p in (single_run / folder).iterdir()}
+        assert {"config.json", "model.safetensors", "modeling_vit_custom.py", "preprocessor_config.json"} <= names
+        assert json.loads((single_run / folder / "config.json").read_text())["id2label"] == {
+            "0": "blue", "1": "green", "2": "red"
+        }  # fmt: skip
+
+
+def test_final_model_loads_in_a_clean_process(single_run, tmp_path):
+    code = (
+        "import sys, torch\n"
+        "from transformers import AutoModelForImageClassification, pipeline\n"
+        "from PIL import Image\n"
+        "model = AutoModelForImageClassification.from_pretrained(sys.argv[1], trust_remote_code=True)\n"
+        "classify = pipeline('image-classification', model=sys.argv[1], trust_remote_code=True)\n"
+        "image = Image.new('RGB', (20, 20), (230, 10, 10))\n"
+        "print(type(model).__name__, classify(image)[0]['label'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", code, str(single_run / "final")],
+        cwd=tmp_path, env={**environment(), "PYTHONPATH": ""}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-2:] == ["ViTCustomForImageClassification", "red"]
+
+
+@pytest.mark.slow
+def test_two_processes_sync_gradients_and_count_every_sample(single_run, image_folders, tmp_path):
+    """2 processes x batch 4 = the single run's global batch 8: same schedule, same evaluation counts."""
+    out = tmp_path / "run"
+    run(train_command(image_folders, out, "--num_train_epochs", "2", processes=2))
+    summary = events(out, "summary")[0]
+    assert summary["ranks_in_sync"] is True  # every parameter bit-identical on both ranks after training
+    assert [e["eval_samples"] for e in events(out, "eval")] == [101, 101]
+    assert lr_by_step(out) == pytest.approx(lr_by_step(single_run), rel=1e-12)
+    # The same model evaluated by 1 and by 2 processes: same count, same top-1.
+    results = []
+    for processes in (1, 2):
+        json_path = tmp_path / f"eval_{processes}.json"
+        command = train_command(image_folders, out, processes=processes)
+        launch = command[: command.index(str(ROOT / "scripts/train.py"))]
+        run([*launch, str(ROOT / "scripts/evaluate.py"), "--model_name_or_path", str(out / "final"),
+             "--validation_dir", str(image_folders[1]), "--per_device_eval_batch_size", "8", "--num_workers", "0",
+             "--output_json", str(json_path)])  # fmt: skip
+        results.append(json.loads(json_path.read_text()))
+    assert results[0]["eval_samples"] == results[1]["eval_samples"] == 101
+    assert results[0]["eval_top1"] == results[1]["eval_top1"]
+    assert results[0]["eval_loss"] == pytest.approx(results[1]["eval_loss"], rel=1e-5)
+
+
+def test_learning_rate_schedule_is_the_same_with_gradient_accumulation(single_run, image_folders, tmp_path):
+    """Batch 4 x 2 accumulation steps = batch 8: the schedule is in optimizer steps, so the lr at each step agrees."""
+    out = tmp_path / "run"
+    run(train_command(image_folders, out, "--gradient_accumulation_steps", "2", "--num_train_epochs", "2"))
+    lr_accumulated, lr_reference = lr_by_step(out), lr_by_step(single_run)
+    assert lr_accumulated == pytest.approx(lr_reference, rel=1e-12)
+    peak = 0.1 * 8 / 512
+    assert lr_reference[3] == pytest.approx(peak)  # end of the 3 warm-up steps
+    assert lr_reference[12] == pytest.approx(0.0, abs=1e-12)  # cosine reaches 0 at the last step
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_bit_identical(image_folders, tmp_path):
+    """SIGKILL after a mid-epoch checkpoint, resume from `latest`: the same weights as a run never stopped, with
+    random augmentation, mixup and drop-path on."""
+    args = ("--num_train_epochs", "2", "--checkpointing_steps", "5", "--randaugment", "rand-m9-mstd0.5-inc1",
+            "--random_erasing", "0.25", "--mixup", "0.8", "--cutmix", "1.0", "--label_smoothing", "0.1",
+            "--model_config_overrides", TINY + ",drop_path_rate=0.1", "--checkpoints_total_limit", "5")  # fmt: skip
+    reference = tmp_path / "reference"
+    run(train_command(image_folders, reference, *args))
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        train_command(image_folders, interrupted, *args),
+        env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (interrupted / "checkpoints" / "step_5").is_dir():
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (interrupted / "final").exists()
+    # A checkpoint folder left half-written by the kill (or by anything else) must not be picked as "latest".
+    half_written = interrupted / "checkpoints" / "step_999"
+    half_written.mkdir()
+    (half_written / "model.safetensors").write_bytes(b"truncated")
+
+    run(train_command(image_folders, interrupted, *args, "--resume_from_checkpoint", "latest"))
+    assert all(np.isfinite(e["loss"]) for e in events(interrupted, "train"))
+    expected, resumed = final_weights(reference), final_weights(interrupted)
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        assert torch.equal(expected[name], resumed[name]), name
+    # No jump in the schedule: every logged lr after resuming is the uninterrupted run's.
+    assert lr_by_step(interrupted) == lr_by_step(reference)
+
+
+def test_latest_ignores_half_written_checkpoints(tmp_path):
+    root = tmp_path / "checkpoints"
+    for name, complete in [("step_4", True), ("step_8", True), (".tmp_step_12", True), ("step_16", False)]:
+        (root / name).mkdir(parents=True)
+        if complete:
+            (root / name / TRAINING_STATE).write_text("{}")
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_4", "step_8"]
+    assert resolve_checkpoint(tmp_path, "latest").name == "step_8"
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        resolve_checkpoint(tmp_path, str(root / "step_16"))
+
+
+def test_epoch_sampler_and_seeded_samples_replay_any_batch():
+    sampler = EpochSampler(10, seed=3)
+    sampler.set_epoch(1)
+    first, again = list(sampler), list(sampler)
+    sampler.set_epoch(2)
+    assert first == again and first != list(sampler)
+    assert sorted(i for _, i in first) == list(range(10)) and {e for e, _ in first} == {1}
+
+    class Noise(torch.utils.data.Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, index):
+            return torch.rand(3) + np.random.rand() + random.random()
+
+    samples = SeededSamples(Noise(), seed=5)
+    states = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+    assert torch.equal(samples[(1, 4)], samples[(1, 4)])
+    assert not torch.equal(samples[(1, 4)], samples[(2, 4)])
+    # The training process's generators (dropout, drop-path, mixup) are untouched.
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert (np.random.get_state()[1] == states[1]).all() and random.getstate() == states[2]
+
+
+def test_config_overrides_are_typed_and_checked():
+    assert parse_config_overrides("hidden_size=64, qkv_bias=false,pooling=mean,drop_path_rate=0.1") == {
+        "hidden_size": 64, "qkv_bias": False, "pooling": "mean", "drop_path_rate": 0.1
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="'hidden' is not a ViTCustomConfig field"):
+        parse_config_overrides("hidden=64")
+    with pytest.raises(ValueError, match="expected 'key=value'"):
+        parse_config_overrides("hidden_size")

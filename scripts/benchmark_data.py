@@ -32,16 +32,18 @@ def photo_like_jpeg(width: int, height: int, rng: np.random.Generator, quality: 
     return buffer.getvalue()
 
 
-def images_per_second(run_one: Callable[[int], object], count: int, repeats: int) -> float:
-    """Best of `repeats` passes over `count` images (the best pass is the least disturbed by other processes)."""
-    run_one(0)
-    best = float("inf")
+def images_per_second(pipelines: list[tuple[str, Callable[[int], object]]], count: int, repeats: int) -> list[float]:
+    """Best of `repeats` passes over `count` images for each pipeline, the pipelines interleaved in every repeat, so
+    load from other processes on the machine hits them alike (the best pass is the least disturbed)."""
+    best = [float("inf")] * len(pipelines)
     for _ in range(repeats):
-        start = time.perf_counter()
-        for i in range(count):
-            run_one(i)
-        best = min(best, time.perf_counter() - start)
-    return count / best
+        for k, (_, run_one) in enumerate(pipelines):
+            run_one(0)
+            start = time.perf_counter()
+            for i in range(count):
+                run_one(i)
+            best[k] = min(best[k], time.perf_counter() - start)
+    return [count / seconds for seconds in best]
 
 
 def benchmark(
@@ -71,13 +73,14 @@ def benchmark(
         ("ours eval (default: crop-box resize, JPEG draft)", lambda i: eval_set[i]),
         ("ours train (RRC, flip, RandAugment m9, erasing)", lambda i: train_set[i]),
     ]
-    return [(name, images_per_second(run, count, repeats)) for name, run in pipelines]
+    rates = images_per_second(pipelines, count, repeats)
+    return [(name, rate) for (name, _), rate in zip(pipelines, rates, strict=True)]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--num_images", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quality", type=int, default=90)
     parser.add_argument(
         "--sizes", nargs="+", default=["500x375", "1024x768"], help="WIDTHxHEIGHT of the generated JPEGs"

@@ -49,9 +49,9 @@ MAX_CONSECUTIVE_BAD = 50
 
 @dataclass
 class DataArguments:
-    """Where the images come from. Exactly one source is used: dataset_path, else train_dir, else train_file, else
-    dataset_name. The validation split falls back to "test" when the source has no `validation_split` (Fashion-MNIST),
-    then to a stratified `val_split_fraction` of train."""
+    """Where the images come from. Exactly one source is used: dataset_path, else train_dir/validation_dir, else
+    train_file/validation_file, else dataset_name. The validation split falls back to "test" when the source has no
+    `validation_split` (Fashion-MNIST), then to a stratified `val_split_fraction` of train."""
 
     dataset_name: str | None = "ILSVRC/imagenet-1k"
     dataset_config_name: str | None = None
@@ -72,8 +72,12 @@ class DataArguments:
     max_bad_image_fraction: float = 0.01
 
     def __post_init__(self):
-        if not any((self.dataset_name, self.train_dir, self.train_file, self.dataset_path)):
-            raise ValueError("DataArguments: expected one of dataset_name, train_dir, train_file or dataset_path")
+        sources = (self.dataset_name, self.train_dir, self.validation_dir, self.train_file, self.validation_file)
+        if not any((*sources, self.dataset_path)):
+            raise ValueError(
+                "DataArguments: expected one of dataset_name, train_dir, validation_dir, train_file, validation_file "
+                "or dataset_path"
+            )
         if self.val_split_fraction is not None and not 0.0 < self.val_split_fraction < 1.0:
             raise ValueError(f"val_split_fraction: expected a value in (0, 1), got {self.val_split_fraction!r}")
         if not 0.0 <= self.max_bad_image_fraction <= 1.0:
@@ -88,9 +92,10 @@ class DataArguments:
 
 @dataclass
 class DatasetSplits:
-    """Train and validation splits with columns "image" (datasets.Image) and "label" (ClassLabel), and the classes."""
+    """Train and validation splits with columns "image" (datasets.Image) and "label" (ClassLabel), and the classes.
+    `train` is None when only the validation split was asked for."""
 
-    train: datasets.Dataset | datasets.IterableDataset
+    train: datasets.Dataset | datasets.IterableDataset | None
     validation: datasets.Dataset | datasets.IterableDataset
     class_names: list[str]
 
@@ -233,7 +238,7 @@ def _file_builder(pattern: str) -> str:
     raise ValueError(f"{pattern}: expected .parquet or .arrow files, got {sorted(extensions)}")
 
 
-def _load_raw(args: DataArguments) -> datasets.DatasetDict | datasets.IterableDatasetDict:
+def _load_raw(args: DataArguments, include_train: bool = True) -> datasets.DatasetDict | datasets.IterableDatasetDict:
     if args.dataset_path:
         raw = datasets.load_from_disk(args.dataset_path)
         if not isinstance(raw, datasets.DatasetDict):
@@ -246,24 +251,34 @@ def _load_raw(args: DataArguments) -> datasets.DatasetDict | datasets.IterableDa
                 {split: ds.to_iterable_dataset(num_shards=max(1, len(ds.cache_files))) for split, ds in raw.items()}
             )
         return raw
-    if args.train_dir:
-        data_files = {args.train_split: os.path.join(args.train_dir, "**")}
+    if args.train_dir or args.validation_dir:
+        data_files = {}
+        if args.train_dir and (include_train or not args.validation_dir):
+            data_files[args.train_split] = os.path.join(args.train_dir, "**")
+        elif include_train:
+            raise ValueError("train_dir: expected a folder of training images next to validation_dir, got none")
         if args.validation_dir:
             data_files[args.validation_split] = os.path.join(args.validation_dir, "**")
         return datasets.load_dataset(
             "imagefolder", data_files=data_files, cache_dir=args.cache_dir, streaming=args.streaming
         )
-    if args.train_file:
-        data_files = {args.train_split: sorted(glob.glob(args.train_file))}
-        builder = _file_builder(args.train_file)
+    if args.train_file or args.validation_file:
+        data_files, builders = {}, set()
+        if args.train_file and (include_train or not args.validation_file):
+            data_files[args.train_split] = sorted(glob.glob(args.train_file))
+            builders.add(_file_builder(args.train_file))
+        elif include_train:
+            raise ValueError("train_file: expected parquet or arrow training files next to validation_file, got none")
         if args.validation_file:
-            if _file_builder(args.validation_file) != builder:
-                raise ValueError(
-                    f"validation_file: expected {builder} files like train_file, got {args.validation_file}"
-                )
             data_files[args.validation_split] = sorted(glob.glob(args.validation_file))
+            builders.add(_file_builder(args.validation_file))
+        if len(builders) > 1:
+            raise ValueError(
+                f"train_file and validation_file: expected the same format, got {args.train_file} and "
+                f"{args.validation_file}"
+            )
         return datasets.load_dataset(
-            builder, data_files=data_files, cache_dir=args.cache_dir, streaming=args.streaming
+            builders.pop(), data_files=data_files, cache_dir=args.cache_dir, streaming=args.streaming
         )
     if args.dataset_name in FASHION_MNIST_ALIASES and (FASHION_MNIST_IDX_DIR / "train-images-idx3-ubyte.gz").exists():
         files = fashion_mnist_parquet(os.path.join(args.cache_dir, "fashion_mnist") if args.cache_dir else None)
@@ -320,13 +335,22 @@ def _take(ds, n: int | None):
     return ds.select(range(min(n, len(ds))))
 
 
-def load_datasets(args: DataArguments, seed: int = 0) -> DatasetSplits:
-    """Load train and validation splits from the source `args` names, with "image" and "label" columns."""
-    raw = _load_raw(args)
+def load_datasets(args: DataArguments, seed: int = 0, split: str | None = None) -> DatasetSplits:
+    """Load the train and validation splits that `args` names, with "image" and "label" columns.
+
+    `split="validation"` loads only what evaluation needs (train is None): the validation source alone where it is
+    separate, else the same seeded carve from train as training made.
+    """
+    if split not in (None, "validation"):
+        raise ValueError(f"split: expected None (train and validation) or 'validation', got {split!r}")
+    raw = _load_raw(args, include_train=split is None or args.val_split_fraction is not None)
     splits = list(raw)
-    if args.train_split not in raw:
+    if args.train_split in raw:
+        train = _standardize(raw[args.train_split], args, args.train_split)
+    elif split is None:
         raise ValueError(f"train_split: expected one of the source's splits {splits}, got {args.train_split!r}")
-    train = _standardize(raw[args.train_split], args, args.train_split)
+    else:
+        train = None
     if args.validation_split in raw:
         validation_split = args.validation_split
     elif "test" in raw and args.val_split_fraction is None:
@@ -345,6 +369,8 @@ def load_datasets(args: DataArguments, seed: int = 0) -> DatasetSplits:
             f"validation_split: the source has no {args.validation_split!r} split (splits: {splits}); pass "
             "--validation_dir / --validation_file, or --val_split_fraction to carve one from train"
         )
+    elif train is None:
+        raise ValueError(f"val_split_fraction: the source has no {args.train_split!r} split to carve from")
     elif isinstance(train, datasets.IterableDataset):
         raise ValueError(
             "val_split_fraction: cannot carve a stratified split from a streaming dataset; pass a validation source"
@@ -353,16 +379,16 @@ def load_datasets(args: DataArguments, seed: int = 0) -> DatasetSplits:
         carved = train.train_test_split(test_size=args.val_split_fraction, stratify_by_column="label", seed=seed)
         # train_test_split leaves an indices mapping; flattening once keeps random access contiguous in training.
         train, validation = carved["train"].flatten_indices(), carved["test"].flatten_indices()
-    train_names = train.features["label"].names
-    if validation.features["label"].names != train_names:
+    class_names = list(validation.features["label"].names)
+    if train is not None and train.features["label"].names != class_names:
         raise ValueError(
-            f"validation labels: expected the train classes {train_names[:10]}..., got "
-            f"{validation.features['label'].names[:10]}... (the same class names in the same order)"
+            f"validation labels: expected the train classes {train.features['label'].names[:10]}..., got "
+            f"{class_names[:10]}... (the same class names in the same order)"
         )
     return DatasetSplits(
-        train=_take(train, args.max_train_samples),
+        train=None if split == "validation" else _take(train, args.max_train_samples),
         validation=_take(validation, args.max_eval_samples),
-        class_names=list(train_names),
+        class_names=class_names,
     )
 
 

@@ -206,7 +206,7 @@ def test_max_samples(sources):
 
 
 def test_data_arguments_errors():
-    with pytest.raises(ValueError, match="expected one of dataset_name, train_dir, train_file or dataset_path"):
+    with pytest.raises(ValueError, match="expected one of dataset_name, train_dir, validation_dir, train_file"):
         DataArguments(dataset_name=None)
     with pytest.raises(ValueError, match=r"val_split_fraction: expected a value in \(0, 1\), got 1.5"):
         DataArguments(val_split_fraction=1.5)
@@ -478,3 +478,28 @@ def test_shrunk_parquet_copy(tmp_path):
     assert [image.size for image in decoded] == [(427, 320), (100, 80), (12, 10)]
     assert all(image.mode == "RGB" and image.format == "JPEG" for image in decoded)
     assert abs(np.asarray(decoded[2])[..., 0].mean() - 30) < 2
+
+
+@pytest.mark.parametrize("kind", ["imagefolder", "parquet"])
+def test_validation_only_loading(sources, kind):
+    root, expected = sources
+    args = source_arguments(root, kind)
+    args.train_dir = args.train_file = None
+    splits = load_datasets(args, split="validation")
+    assert splits.train is None
+    assert splits.class_names == CLASSES
+    assert samples(splits.validation, streaming=False) == expected["validation"]
+    with pytest.raises(ValueError, match="expected .* training .* next to validation_"):
+        load_datasets(args)
+    with pytest.raises(ValueError, match="split: expected None"):
+        load_datasets(args, split="train")
+
+
+def test_validation_only_carve_matches_training(tmp_path):
+    table = {"image": [{"bytes": solid_png(v), "path": None} for v in range(30)], "label": [i % 3 for i in range(30)]}
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
+    datasets.Dataset.from_dict(table, features=features).to_parquet(str(tmp_path / "train.parquet"))
+    args = DataArguments(dataset_name=None, train_file=str(tmp_path / "train.parquet"), val_split_fraction=0.2)
+    full, only = load_datasets(args, seed=4), load_datasets(args, seed=4, split="validation")
+    assert only.train is None
+    assert samples(only.validation, streaming=False) == samples(full.validation, streaming=False)

@@ -12,6 +12,7 @@ from timm.data import create_transform, resolve_data_config
 
 from modeling_vit_custom.benchmarking import (
     METRIC_UNITS,
+    Timing,
     benchmark,
     build_pair,
     compare,
@@ -20,6 +21,7 @@ from modeling_vit_custom.benchmarking import (
     format_benchmark,
     interleaved_throughput,
     load_eval_dataset,
+    paired_ratio,
     peak_memory_mb,
     plot_ratios,
     top_k_accuracy,
@@ -50,6 +52,9 @@ def test_interleaved_timer_alternates_order_and_reports_medians():
     # 8 images per 2 x 10 ms is at most 400 images/s; sleeping overshoots, never undershoots.
     assert 200 < timings["ours"].median <= 400 and 100 < timings["timm"].median <= 200
     assert 1.5 < timings["ours"].median / timings["timm"].median < 2.5
+    assert 1.5 < paired_ratio(timings) < 2.5
+    skewed = {"ours": Timing([10.0, 1.0, 10.0]), "timm": Timing([5.0, 1.0, 4.0])}
+    assert paired_ratio(skewed) == 2.0  # per-repeat ratios 2.0, 1.0, 2.5
 
 
 def test_interleaved_timer_rejects_bad_counts():
@@ -88,7 +93,9 @@ def test_compare_schema_and_values():
     diff = rows["max_abs_logit_diff"]
     assert diff["ours"] == diff["timm"] < 1e-5 and diff["ratio"] == 1.0
     speed = rows["train_images_per_s"]
-    assert speed["ours"] > 0 and speed["ratio"] == pytest.approx(speed["ours"] / speed["timm"])
+    runs = result["timing"]["train_images_per_s"]
+    assert speed["ours"] == statistics.median(runs["ours"]) and speed["timm"] == statistics.median(runs["timm"])
+    assert speed["ratio"] == statistics.median(a / b for a, b in zip(runs["ours"], runs["timm"], strict=True))
     assert len(result["timing"]["train_images_per_s"]["ours"]) == 3
     json.dumps(result)
 
@@ -157,7 +164,9 @@ def test_benchmark_rows_and_table():
     result = benchmark([(TINY, 2)], warmup=1, repeats=3, measure_memory=False)
     assert [(row["mode"], row["compiled"]) for row in result["rows"]] == [("inference", False), ("train", False)]
     for row in result["rows"]:
-        assert row["ratio"] == pytest.approx(row["ours_images_per_s"] / row["timm_images_per_s"])
+        assert row["ratio"] == statistics.median(
+            a / b for a, b in zip(row["ours_runs"], row["timm_runs"], strict=True)
+        )
         assert len(row["ours_runs"]) == len(row["timm_runs"]) == 3
     table = format_benchmark(result)
     assert table.count("\n| VisionTransformer(") == 2 and "Machine: cpu:" in table

@@ -259,15 +259,16 @@ class SeededSamples(torch.utils.data.Dataset):
         # timm's transforms draw from all three generators. Their global states are put back afterwards: with
         # num_workers=0 this runs in the training process, ahead of the step (the loader prefetches a batch), and
         # must not shift the dropout / mixup randomness that a checkpoint restores.
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            random.seed(sample_seed)
-            np.random.seed(sample_seed)
-            torch.manual_seed(sample_seed)
-            item = self.dataset[index]
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-        return item
+        states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        random.seed(sample_seed)
+        np.random.seed(sample_seed)
+        torch.default_generator.manual_seed(sample_seed)  # torch.manual_seed also seeds CUDA: 100x slower
+        try:
+            return self.dataset[index]
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.set_rng_state(states[2])
 
 
 def save_checkpoint(accelerator, output_dir: str, step: int, state: dict, total_limit: int) -> Path:

@@ -95,7 +95,8 @@ class ViTCustomAttention(nn.Module):
         attn_weights = None
         if output_attentions or self.config._attn_implementation == "eager":
             attn_weights = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, Nq, N)
-            attn_weights = attn_weights.softmax(dim=-1)
+            # Softmax in float32 (as the fused SDPA kernels do internally), so fp16 training cannot overflow here.
+            attn_weights = attn_weights.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
             out = self.attn_drop(attn_weights) @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)

@@ -270,3 +270,16 @@ def test_config_overrides_are_typed_and_checked():
         parse_config_overrides("hidden=64")
     with pytest.raises(ValueError, match="expected 'key=value'"):
         parse_config_overrides("hidden_size")
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(image_folders, tmp_path):
+    out = tmp_path / "run"
+    command = train_command(image_folders, out, "--learning_rate", "1e38", "--num_warmup_steps", "0",
+                            "--checkpointing_steps", "1", "--logging_steps", "5", "--max_train_steps", "10")  # fmt: skip
+    result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "FloatingPointError: Non-finite loss at step 2; stopping" in result.stderr
+    # The step-1 checkpoint (finite loss) is complete and nothing after it was saved.
+    assert [p.name for p in list_checkpoints(out)] == ["step_1"]
+    assert json.loads((out / "checkpoints" / "step_1" / TRAINING_STATE).read_text())["step"] == 1
+    assert not (out / "final").exists()

@@ -223,7 +223,7 @@ def measure_step_memory(
     del ours, timm_model
     pixel_values, labels = example_batch(model, batch_size, device)
     step = training_step(model, pixel_values, labels) if mode == "train" else inference_step(model, pixel_values)
-    step()  # creates the AdamW state, which is resident before every later step
+    step()  # the first step allocates what later steps keep resident (the AdamW state when training)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

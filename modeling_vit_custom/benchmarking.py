@@ -498,6 +498,11 @@ def benchmark(
                     ours_runs=timing["ours"].images_per_s,
                     timm_runs=timing["timm"].images_per_s,
                 )
+                if compiled:
+                    # Against the eager row just measured: separate timing runs, so a coarser number than the ratio.
+                    eager = next(r for r in rows if r["model"] == name and r["mode"] == mode and not r["compiled"])
+                    for side in MODELS:
+                        row[f"{side}_compile_speedup"] = row[f"{side}_images_per_s"] / eager[f"{side}_images_per_s"]
                 if measure_memory and not compiled:
                     memory = peak_memory_mb(spec, batch_size, mode, device=device, num_threads=torch.get_num_threads())
                     row.update(ours_peak_memory_mb=memory["ours"], timm_peak_memory_mb=memory["timm"])
@@ -531,6 +536,14 @@ def format_benchmark(result: dict) -> str:
             f"{row['ours_images_per_s']:.2f} | {row['timm_images_per_s']:.2f} | {row['ratio']:.3f} | "
             f"{memory[0]} | {memory[1]} |"
         )
+    speedups = [
+        f"torch.compile speed-up, {row['model']} {row['mode']}: ours {row['ours_compile_speedup']:.3f}x, "
+        f"timm {row['timm_compile_speedup']:.3f}x"
+        for row in result["rows"]
+        if row["compiled"] and "error" not in row
+    ]
+    if speedups:
+        lines += [""] + speedups
     lines.append("")
     lines.append("Machine: " + ", ".join(f"{k}: {v}" for k, v in result["machine"].items()))
     return "\n".join(lines)

@@ -34,7 +34,8 @@ class PreprocessSettings:
 
     def to_image_processor(self) -> ConvNextImageProcessor:
         """ConvNeXT's processor implements exactly this transform (short side to size / crop_pct, center crop) for
-        sizes below 384; at 384 and above it resizes straight to size x size, as timm does with crop_pct 1.0."""
+        sizes below 384. At 384 and above it resizes straight to size x size: the same as timm's crop_pct 1.0 for
+        square images, a squeeze instead of a center crop for the others (a known difference)."""
         return ConvNextImageProcessor(
             size={"shortest_edge": self.image_size},
             crop_pct=self.crop_pct,

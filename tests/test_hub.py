@@ -14,13 +14,14 @@ import torch
 import yaml
 from conftest import TINY_CONFIG
 from huggingface_hub import ModelCard
-from PIL import Image
+from launch import CLASSES, TINY, run, train_command, write_split
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor
 
 from modeling_vit_custom import ViTCustomConfig, ViTCustomForImageClassification, hub
 from modeling_vit_custom.configuration_vit_custom import AUTO_MAP
 from modeling_vit_custom.image_processing import PreprocessSettings
+from modeling_vit_custom.training import read_metrics
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -34,59 +35,6 @@ EXPECTED_FILES = {
     "training_curves.png",
 }
 FAKE_TOKEN = "hf_FakeTokenForTestsOnly0123456789abcdef"
-RUN_CONFIG = {
-    "model_config_overrides": {"hidden_size": 64, "num_hidden_layers": 2},
-    "dataset_name": "zalando-datasets/fashion_mnist",
-    "learning_rate": 5e-4,
-    "effective_learning_rate": 6.25e-5,
-    "per_device_train_batch_size": 32,
-    "gradient_accumulation_steps": 2,
-    "num_processes": 1,
-    "global_batch_size": 64,
-    "num_train_epochs": 2,
-    "max_train_steps": 40,
-    "weight_decay": 0.05,
-    "lr_scheduler_type": "cosine",
-    "num_warmup_steps": 4,
-    "mixed_precision": "no",
-    "seed": 0,
-    "mixup": 0.0,
-    "label_smoothing": 0.1,
-    "drop_path_rate": 0.1,
-    "ema_decay": None,
-    "hub_token": FAKE_TOKEN,
-}
-METRICS = [
-    {"event": "train", "step": 10, "epoch": 0, "loss": 2.2, "lr": 3e-5, "images_per_second": 410.0},
-    {
-        "event": "eval",
-        "step": 20,
-        "epoch": 0,
-        "eval_loss": 1.41,
-        "eval_top1": 0.5625,
-        "eval_top5": 0.90625,
-        "eval_samples": 64,
-    },
-    {"event": "train", "step": 30, "epoch": 1, "loss": 1.3, "lr": 1e-5, "images_per_second": 405.5},
-    {
-        "event": "eval",
-        "step": 40,
-        "epoch": 1,
-        "eval_loss": 1.52,
-        "eval_top1": 0.53125,
-        "eval_top5": 0.953125,
-        "eval_samples": 64,
-    },
-    {
-        "event": "summary",
-        "best_eval_top1": 0.5625,
-        "best_step": 20,
-        "final_eval_top1": 0.53125,
-        "final_eval_top5": 0.953125,
-        "train_runtime_s": 95.0,
-        "total_steps": 40,
-    },
-]
 COMPARISON = {
     "timm_model": "vit_base_patch16_224",
     "batch_size": 8,
@@ -107,19 +55,6 @@ def save_model(folder: Path, seed: int, preprocessor: bool = True) -> ViTCustomF
     if preprocessor:
         PreprocessSettings(image_size=config.image_size).to_image_processor().save_pretrained(folder)
     return model
-
-
-def make_run_dir(root: Path) -> Path:
-    """A training run directory as `scripts/train.py` writes it (see the contract in the task); to be replaced by a
-    real tiny run once the training script exists."""
-    run_dir = root / "run"
-    save_model(run_dir / "final", seed=0)
-    save_model(run_dir / "best", seed=1)
-    (run_dir / "run_config.json").write_text(json.dumps(RUN_CONFIG, indent=2))
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(event) + "\n" for event in METRICS))
-    Image.linear_gradient("L").convert("RGB").resize((64, 32)).save(run_dir / "training_curves.png")
-    (run_dir / "comparison.json").write_text(json.dumps(COMPARISON))
-    return run_dir
 
 
 class FakeHfApi:
@@ -154,7 +89,22 @@ def fake_api(monkeypatch):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    return make_run_dir(tmp_path_factory.mktemp("hub"))
+    """A real tiny run of `scripts/train.py` (2 epochs of 12 steps, evaluated every 5 steps and per epoch), with
+    the comparison.json of `scripts/compare_timm.py` saved into it, where the export looks for one."""
+    data = tmp_path_factory.mktemp("data")
+    write_split(data / "train", [16, 16, 16], seed=0)
+    write_split(data / "validation", [10, 10, 10], seed=1)
+    # Three red images filed as green: no model scores above 90% top-1, so the card's numbers are not all 100%.
+    for i in range(3):
+        (data / "validation" / "red" / f"{i}.png").rename(data / "validation" / "green" / f"red_{i}.png")
+    run_dir = tmp_path_factory.mktemp("hub") / "run"
+    run(train_command((data / "train", data / "validation"), run_dir, "--num_train_epochs", "2", "--eval_steps", "5"))
+    (run_dir / "comparison.json").write_text(json.dumps(COMPARISON))
+    return run_dir
+
+
+def events(run_dir: Path, kind: str) -> list[dict]:
+    return [e for e in read_metrics(run_dir / "metrics.jsonl") if e["event"] == kind]
 
 
 @pytest.fixture(scope="module")
@@ -193,14 +143,15 @@ def test_exported_folder_files_config_and_weights(exported, run_dir):
     assert config["auto_map"] == AUTO_MAP
     assert config["model_type"] == "vit_custom"
     assert config["architectures"] == ["ViTCustomForImageClassification"]
-    assert [config["id2label"][str(i)] for i in range(10)] == LABELS
+    assert config["id2label"] == {"0": "blue", "1": "green", "2": "red"}  # the imagefolder's classes, sorted
     exported_weights = load_file(exported / "model.safetensors")
     source_weights = load_file(run_dir / "final" / "model.safetensors")
     assert exported_weights.keys() == source_weights.keys()
     for name, tensor in source_weights.items():
         assert torch.equal(exported_weights[name], tensor), name
-    processor = AutoImageProcessor.from_pretrained(exported)
-    assert PreprocessSettings.from_image_processor(processor) == PreprocessSettings(image_size=32)
+    settings = PreprocessSettings.from_image_processor(AutoImageProcessor.from_pretrained(exported))
+    assert settings == PreprocessSettings.from_image_processor(AutoImageProcessor.from_pretrained(run_dir / "final"))
+    assert settings.image_size == 16
     # Nothing half-written is left beside the output.
     assert sorted(p.name for p in exported.parent.iterdir()) == ["exported", "run"]
 
@@ -222,18 +173,19 @@ def test_loads_in_clean_process_through_auto_classes_and_pipeline(exported, run_
     assert classes == ["ViTCustomConfig", "ViTCustomModel", "ViTCustomForImageClassification"]
     assert all(name.startswith("transformers_modules.") for name in report["classes"])
     assert report["max_abs_logit_diff"] <= 1e-5
-    assert len(report["pipeline"]) == 5
-    assert {p["label"] for p in report["pipeline"]} <= set(LABELS)
+    assert {p["label"] for p in report["pipeline"]} == set(CLASSES)  # top 5 of 3 classes: all of them
     scores = [p["score"] for p in report["pipeline"]]
-    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1 + 1e-6
+    assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1, abs=1e-5)
 
 
 def test_verification_rejects_other_weights(exported, run_dir):
+    (summary,) = events(run_dir, "summary")
+    assert summary["best_step"] < summary["total_steps"]  # so best/ holds other weights than final/
     with pytest.raises(hub.VerificationError, match="expected logits within 1e-05 of the source model"):
         hub.verify_folder(exported, run_dir / "best")
 
 
-def test_trained_card_has_the_run_values_and_valid_metadata(exported):
+def test_trained_card_has_the_run_values_and_valid_metadata(exported, run_dir):
     readme = exported / "README.md"
     text = readme.read_text(encoding="utf-8")
     assert_fully_rendered(text)
@@ -241,38 +193,83 @@ def test_trained_card_has_the_run_values_and_valid_metadata(exported):
     assert metadata["library_name"] == "transformers"
     assert metadata["pipeline_tag"] == "image-classification"
     assert metadata["license"] == "apache-2.0"
-    assert metadata["datasets"] == ["zalando-datasets/fashion_mnist"]
     assert {"vit-custom", "custom_code", "image-classification"} <= set(metadata["tags"])
+    (summary,) = events(run_dir, "summary")
+    last_eval = events(run_dir, "eval")[-1]
+    config = json.loads((run_dir / "run_config.json").read_text())
     (index,) = metadata["model-index"]
     assert index["name"] == "vit-tiny"
     (result,) = index["results"]
-    assert result["dataset"] == {"name": "zalando-datasets/fashion_mnist", "type": "zalando-datasets/fashion_mnist"}
     values = {m["type"]: m["value"] for m in result["metrics"]}
-    assert values == {"accuracy": 0.5312, "top_5_accuracy": 0.9531}  # the final checkpoint's, rounded to 4 digits
+    # The final checkpoint's, rounded to 4 digits.
+    assert values == {
+        "accuracy": round(summary["final_eval_top1"], 4),
+        "top_5_accuracy": round(summary["final_eval_top5"], 4),
+    }
     card = ModelCard.load(readme)
-    assert card.data.eval_results[0].metric_value == 0.5312
-    assert "| final | 40 | 53.12% | 95.31% | 64 |" in text
-    assert "| `learning_rate` | 0.0005 |" in text and "| `ema_decay` | off |" in text
-    assert '| `model_config_overrides` | `{"hidden_size": 64, "num_hidden_layers": 2}` |' in text
-    assert "hub_token" not in text
+    assert card.data.eval_results[0].metric_value == round(summary["final_eval_top1"], 4)
+    steps, top1, top5 = summary["total_steps"], summary["final_eval_top1"], summary["final_eval_top5"]
+    assert steps == 24 and last_eval["step"] == 24 and last_eval["eval_samples"] == 30
+    assert top1 == last_eval["eval_top1"] < top5 == 1  # 3 classes: top-5 is always right
+    assert "for 24 optimizer steps with vit-custom's `scripts/train.py`" in text
+    assert f"| final | 24 | {100 * top1:.2f}% | {100 * top5:.2f}% | 30 |" in text
+    assert f"in {summary['train_runtime_s'] / 60:.1f} min" in text
+    assert "| `learning_rate` | 0.1 |" in text and "| `ema_decay` | off |" in text
+    assert f"| `effective_learning_rate` | {config['effective_learning_rate']:g} |" in text
+    assert f"| `model_config_overrides` | {TINY} |" in text
     assert "![Training loss, accuracy and learning rate against step](training_curves.png)" in text
     assert "| parameters | 86,567,656 | 86,567,656 | 1 | count |" in text
     assert "| max_abs_logit_diff | 3.1e-06 | 0 | n/a | logit |" in text
     assert "measured on a model of 86,567,656 parameters, not this checkpoint." in text
     assert 'model="someone/vit-tiny", revision="v1.0", trust_remote_code=True' in text
-    assert "| Parameters | 81,226 |" in text
-    assert "`T-shirt/top`, `Trouser`" in text and "1.6 min" in text
+    assert f"| Parameters | {config['num_parameters']:,} |" in text and config["num_parameters"] == 19_395
+    assert "| Image size | 16 x 16 |" in text and "| Patch size | 4 x 4 |" in text
+    assert "`blue`, `green`, `red`" in text
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="run_config.json keeps DataArguments.dataset_name's default 'ILSVRC/imagenet-1k' when --train_dir is "
+    "used, and hub._card_context prefers dataset_name: the card claims ImageNet-1k",
+)
+def test_trained_card_names_the_dataset_the_run_read(exported):
+    text = (exported / "README.md").read_text(encoding="utf-8")
+    assert "imagenet" not in text.lower()
+    metadata = front_matter(exported / "README.md")
+    assert "datasets" not in metadata
+    assert metadata["model-index"][0]["results"][0]["dataset"]["type"] == "imagefolder"
 
 
 def test_best_checkpoint_card_reports_the_best_evaluation(run_dir, tmp_path):
+    (summary,) = events(run_dir, "summary")
+    assert summary["best_step"] < summary["total_steps"]
+    (best,) = [e for e in events(run_dir, "eval") if e["step"] == summary["best_step"]]
+    assert best["eval_top1"] == summary["best_eval_top1"] == max(e["eval_top1"] for e in events(run_dir, "eval"))
     folder = hub.build_folder(run_dir / "best", tmp_path / "repo", run_dir=run_dir, repo_id="someone/best")
     text = (folder / "README.md").read_text()
     assert_fully_rendered(text)
     values = {
         m["type"]: m["value"] for m in front_matter(folder / "README.md")["model-index"][0]["results"][0]["metrics"]
     }
-    assert values == {"accuracy": 0.5625, "top_5_accuracy": 0.9062}
-    assert "| best | 20 | 56.25% | 90.62% | 64 |" in text
+    assert values == {"accuracy": round(best["eval_top1"], 4), "top_5_accuracy": round(best["eval_top5"], 4)}
+    row = f"| best | {best['step']} | {100 * best['eval_top1']:.2f}% | {100 * best['eval_top5']:.2f}% | 30 |"
+    assert row in text
+
+
+def test_card_leaves_out_secret_settings(run_dir, tmp_path):
+    """A run config that recorded credentials (as some launchers do) never puts them in the card or the folder."""
+    copied_run = tmp_path / "run"
+    copied_run.mkdir()
+    shutil.copyfile(run_dir / "metrics.jsonl", copied_run / "metrics.jsonl")
+    config = json.loads((run_dir / "run_config.json").read_text())
+    secrets = {"hub_token": FAKE_TOKEN, "wandb_api_secret": FAKE_TOKEN[::-1]}
+    (copied_run / "run_config.json").write_text(json.dumps({**config, **secrets}))
+    folder = hub.build_folder(run_dir / "final", tmp_path / "repo", run_dir=copied_run, repo_id="someone/x")
+    text = (folder / "README.md").read_text()
+    assert "| `learning_rate` | 0.1 |" in text and "hub_token" not in text and "wandb_api_secret" not in text
+    for path in folder.iterdir():
+        content = path.read_bytes()
+        assert FAKE_TOKEN.encode() not in content and FAKE_TOKEN[::-1].encode() not in content, path
 
 
 def test_converted_card_says_where_the_weights_came_from(tmp_path):
@@ -407,7 +404,8 @@ def test_offline_upload_is_refused_and_dry_run_builds_only(monkeypatch, fake_api
 def test_bad_inputs_name_the_problem(run_dir, tmp_path, exported):
     bad_run = tmp_path / "bad_run"
     bad_run.mkdir()
-    (bad_run / "metrics.jsonl").write_text(json.dumps(METRICS[0]) + "\n{not json\n")
+    first_line = (run_dir / "metrics.jsonl").read_text().splitlines()[0]
+    (bad_run / "metrics.jsonl").write_text(first_line + "\n{not json\n")
     with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: expected a JSON object, got '\{not json'"):
         hub.read_run(bad_run)
 
@@ -426,18 +424,23 @@ def test_bad_inputs_name_the_problem(run_dir, tmp_path, exported):
         hub.build_folder(run_dir / "final", tmp_path / "repo2", template_path=template)
 
 
-def test_run_without_summary_reports_its_last_evaluation(tmp_path):
-    run_dir = tmp_path / "interrupted"
-    run_dir.mkdir()
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(event) + "\n" for event in METRICS[:2]))
-    run = hub.read_run(run_dir)
+def test_run_without_summary_reports_its_last_evaluation(run_dir, tmp_path):
+    """A run stopped before its end: metrics.jsonl up to the evaluation at step 15, no summary, no config."""
+    interrupted = tmp_path / "interrupted"
+    interrupted.mkdir()
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(lines) if json.loads(line) == events(run_dir, "eval")[3]) + 1
+    (interrupted / "metrics.jsonl").write_text("".join(lines[:cut]))
+    run = hub.read_run(interrupted)
     assert run.config == {} and run.curves is None and run.summary is None
-    assert run.result_for(run_dir / "final") == {
+    last = events(run_dir, "eval")[3]
+    assert last["step"] == 15  # evaluations at 5, 10, 12 (end of epoch 1), 15, ...
+    assert run.result_for(interrupted / "final") == {
         "checkpoint": "final",
-        "step": 20,
-        "top1": 0.5625,
-        "top5": 0.90625,
-        "samples": 64,
+        "step": 15,
+        "top1": last["eval_top1"],
+        "top5": last["eval_top5"],
+        "samples": 30,
     }
 
 

@@ -88,10 +88,16 @@ class ViTCustomAttention(nn.Module):
         self, x: torch.Tensor, output_attentions: bool = False, query_len: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, N, D = x.shape
-        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
-        if query_len is not None:
-            q = q[:, :, :query_len]
+        if query_len is None:
+            qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        else:
+            # Queries for the first tokens only; keys and values for all, from the same fused weight's rows.
+            weight, bias = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, :query_len], weight[:D], None if bias is None else bias[:D])
+            q = q.view(B, query_len, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, Nq, head_dim)
+            kv = F.linear(x, weight[D:], None if bias is None else bias[D:])
+            k, v = kv.view(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         attn_weights = None
         if output_attentions or self.config._attn_implementation == "eager":
             attn_weights = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, Nq, N)

@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     from modeling_vit_custom.data import ImageClassificationDataset, collate
 
+    if data_args.streaming:
+        raise ValueError("--streaming: evaluate.py reads the split with random access; run it without --streaming")
     with accelerator.main_process_first():
         splits = load_datasets(data_args, seed=args.seed, split="validation")
     model, settings = load_for_evaluation(model_args, args.checkpoint)

@@ -87,7 +87,10 @@ def main(argv: list[str] | None = None):
     mixup = build_mixup(aug_args, num_classes)
 
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        if hasattr(model, "set_grad_checkpointing"):  # timm
+            model.set_grad_checkpointing()
+        else:
+            model.activation_checkpointing_enable()
     model.to(accelerator.device)
     global_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     lr = scaled_learning_rate(args.learning_rate, global_batch_size)
@@ -101,12 +104,18 @@ def main(argv: list[str] | None = None):
         model, optimizer = accelerator.prepare(model, optimizer)
     else:
         model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-    if len(train_loader) == 0:
+    try:
+        num_batches = len(train_loader)
+    except TypeError as err:  # a stream whose length the source does not record
+        if not args.max_train_steps:
+            raise ValueError("--streaming from a source of unknown length: pass --max_train_steps") from err
+        num_batches = args.max_train_steps * args.gradient_accumulation_steps
+    if num_batches == 0:
         raise ValueError(
             f"The training split has too few samples for one batch of {args.per_device_train_batch_size} "
             f"on each of {accelerator.num_processes} processes"
         )
-    epoch_steps = steps_per_epoch(len(train_loader), args.gradient_accumulation_steps)
+    epoch_steps = steps_per_epoch(num_batches, args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or math.ceil(args.num_train_epochs * epoch_steps)
     num_epochs = math.ceil(max_train_steps / epoch_steps)
     # The schedule is defined in optimizer steps and stepped once per optimizer step below. It is not passed to
@@ -120,6 +129,10 @@ def main(argv: list[str] | None = None):
 
     run_config = {
         **to_jsonable(model_args, data_args, aug_args, args),
+        # The Hub name is only the source when no local one is given (the data loader's order).
+        "dataset_name": None
+        if data_args.dataset_path or data_args.train_dir or data_args.train_file
+        else data_args.dataset_name,
         "num_processes": accelerator.num_processes,
         "global_batch_size": global_batch_size,
         "effective_learning_rate": lr,
@@ -154,8 +167,12 @@ def main(argv: list[str] | None = None):
         main_process_only=True,
     )
 
+    last_eval = {}
+
     def evaluate_and_keep_best(epoch: float) -> dict:
         nonlocal best_top1, best_step
+        if last_eval.get("step") == global_step:  # the step's evaluation is also the epoch's
+            return last_eval["result"]
         eval_model = ema.module if ema is not None else model
         result = run_evaluation(eval_model, eval_loader, accelerator, prepared=not streaming)
         metrics.write("eval", step=global_step, epoch=epoch, **result)
@@ -168,6 +185,7 @@ def main(argv: list[str] | None = None):
         if result["eval_top1"] > best_top1:
             best_top1, best_step = result["eval_top1"], global_step
             save_model_folder(accelerator, eval_model, settings, output_dir / "best")
+        last_eval.update(step=global_step, result=result)
         return result
 
     saved_step = None

@@ -227,11 +227,6 @@ def test_trained_card_has_the_run_values_and_valid_metadata(exported, run_dir):
     assert "`blue`, `green`, `red`" in text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run_config.json keeps DataArguments.dataset_name's default 'ILSVRC/imagenet-1k' when --train_dir is "
-    "used, and hub._card_context prefers dataset_name: the card claims ImageNet-1k",
-)
 def test_trained_card_names_the_dataset_the_run_read(exported):
     text = (exported / "README.md").read_text(encoding="utf-8")
     assert "imagenet" not in text.lower()

@@ -228,3 +228,12 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(image_folde
     assert [p.name for p in list_checkpoints(out)] == ["step_1"]
     assert json.loads((out / "checkpoints" / "step_1" / TRAINING_STATE).read_text())["step"] == 1
     assert not (out / "final").exists()
+
+
+def test_streaming_run_counts_every_evaluation_sample(image_folders, tmp_path):
+    """The same folders read as a stream: sharded by split_dataset_by_node, evaluated with padding dropped."""
+    out = tmp_path / "run"
+    run(train_command(image_folders, out, "--streaming", "--max_train_steps", "6"))
+    (evaluation,) = events(out, "eval")
+    assert evaluation["step"] == 6 and evaluation["eval_samples"] == 101
+    assert len(events(out, "train")) == 6

@@ -67,8 +67,9 @@ def test_flops_match_the_analytic_count():
     pixel_values, _ = example_batch(ours, 2)
     T, N, D, inner, classes, patch = 17, 16, 64, 256, 10, 8 * 8 * 3
     layer = 2 * T * D * 3 * D + 4 * T * T * D + 2 * T * D * D + 4 * T * D * inner  # qkv, q@k and a@v, proj, MLP
-    # Our last layer asks only the class token's query (keys/values from all tokens) when classifying.
-    last = 2 * T * D * 3 * D + 4 * T * D + 2 * D * D + 4 * D * inner
+    # When classifying, our last layer projects keys and values for all tokens, and the query, attention output,
+    # proj and MLP for the class token only.
+    last = 2 * T * D * 2 * D + 2 * D * D + 4 * T * D + 2 * D * D + 4 * D * inner
     embed_and_head = 2 * N * patch * D + 2 * D * classes
     assert count_gflops(timm_model, pixel_values) * 1e9 == embed_and_head + 2 * layer
     assert count_gflops(ours, pixel_values) * 1e9 == embed_and_head + layer + last

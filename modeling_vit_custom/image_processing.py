@@ -42,6 +42,9 @@ class PreprocessSettings:
             resample=INTERPOLATIONS[self.interpolation],
             image_mean=list(self.mean),
             image_std=list(self.std),
+            # A 1-channel model takes grayscale images as they are (transformers' pipeline still sends RGB, so a
+            # 1-channel model is for direct use; 3 channels work everywhere).
+            do_convert_rgb=len(self.mean) == 3,
         )
 
     @classmethod

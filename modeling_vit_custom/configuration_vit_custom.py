@@ -74,7 +74,7 @@ class ViTCustomConfig(PretrainedConfig):
         if "num_labels" not in kwargs and "id2label" not in kwargs:
             kwargs["num_labels"] = 1000
         # A saved folder holds both model files, so it can always name every Auto class it serves; save_pretrained
-        # adds only the class being saved, and this keeps the other entry (AutoModel or AutoModelForImageClassification).
+        # adds only the class being saved, and this keeps the other entry (AutoModel or ...ForImageClassification).
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         super().__init__(**kwargs)
         self.image_size = image_size

@@ -273,7 +273,8 @@ class ViTCustomModel(ViTCustomPreTrainedModel):
         last_hidden_state = self.norm(hidden_states)
         pooled_output = self.pool(last_hidden_state)
         if not return_dict:
-            return tuple(v for v in (last_hidden_state, pooled_output, all_hidden_states, all_attentions) if v is not None)
+            outputs = (last_hidden_state, pooled_output, all_hidden_states, all_attentions)
+            return tuple(v for v in outputs if v is not None)
         return BaseModelOutputWithPooling(
             last_hidden_state=last_hidden_state,
             pooler_output=pooled_output,

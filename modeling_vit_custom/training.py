@@ -45,6 +45,15 @@ class ModelArguments:
     image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
 
+    def preprocess_settings(self, image_size: int) -> PreprocessSettings:
+        return PreprocessSettings(
+            image_size=image_size,
+            crop_pct=self.crop_pct,
+            interpolation=self.interpolation,
+            mean=tuple(self.image_mean),
+            std=tuple(self.image_std),
+        )
+
 
 @dataclass
 class TrainingArguments:
@@ -134,18 +143,11 @@ def build_model(args: ModelArguments, class_names: list[str]) -> tuple[nn.Module
     overrides = parse_config_overrides(args.model_config_overrides)
     if args.model.startswith("timm:"):
         import timm
-        from timm.data import resolve_data_config
+
+        from .conversion import preprocess_settings_from_timm
 
         model = timm.create_model(args.model.removeprefix("timm:"), pretrained=False, num_classes=len(class_names))
-        data_config = resolve_data_config({}, model=model)
-        settings = PreprocessSettings(
-            image_size=data_config["input_size"][-1],
-            crop_pct=data_config["crop_pct"],
-            interpolation=data_config["interpolation"],
-            mean=tuple(data_config["mean"]),
-            std=tuple(data_config["std"]),
-        )
-        return model, settings
+        return model, preprocess_settings_from_timm(model)
     if args.model != "vit_custom":
         raise ValueError(f"--model: expected 'vit_custom' or 'timm:<name>', got {args.model!r}")
     if args.model_name_or_path:
@@ -160,13 +162,7 @@ def build_model(args: ModelArguments, class_names: list[str]) -> tuple[nn.Module
     else:
         config = ViTCustomConfig(num_labels=len(class_names), id2label=id2label, label2id=label2id, **overrides)
         model = ViTCustomForImageClassification(config)
-    settings = PreprocessSettings(
-        image_size=model.config.image_size,
-        crop_pct=args.crop_pct,
-        interpolation=args.interpolation,
-        mean=tuple(args.image_mean),
-        std=tuple(args.image_std),
-    )
+    settings = args.preprocess_settings(model.config.image_size)
     if len(settings.mean) != model.config.num_channels:
         raise ValueError(
             f"--image_mean/--image_std: expected {model.config.num_channels} values (num_channels), "
@@ -511,17 +507,11 @@ def load_for_evaluation(args: ModelArguments, checkpoint: str | None) -> tuple[n
     weights from a checkpoint file."""
     if args.model.startswith("timm:"):
         import timm
-        from timm.data import resolve_data_config
+
+        from .conversion import preprocess_settings_from_timm
 
         model = timm.create_model(args.model.removeprefix("timm:"), pretrained=False, checkpoint_path=checkpoint or "")
-        data_config = resolve_data_config({}, model=model)
-        return model, PreprocessSettings(
-            image_size=data_config["input_size"][-1],
-            crop_pct=data_config["crop_pct"],
-            interpolation=data_config["interpolation"],
-            mean=tuple(data_config["mean"]),
-            std=tuple(data_config["std"]),
-        )
+        return model, preprocess_settings_from_timm(model)
     if not args.model_name_or_path:
         raise ValueError("--model_name_or_path: a saved model folder is needed (or --model timm:<name>)")
     from transformers import AutoImageProcessor
@@ -529,12 +519,6 @@ def load_for_evaluation(args: ModelArguments, checkpoint: str | None) -> tuple[n
     model = ViTCustomForImageClassification.from_pretrained(args.model_name_or_path)
     try:
         settings = PreprocessSettings.from_image_processor(AutoImageProcessor.from_pretrained(args.model_name_or_path))
-    except OSError:
-        settings = PreprocessSettings(
-            image_size=model.config.image_size,
-            crop_pct=args.crop_pct,
-            interpolation=args.interpolation,
-            mean=tuple(args.image_mean),
-            std=tuple(args.image_std),
-        )
+    except OSError:  # a folder saved without its image processor: the flags give the preprocessing
+        settings = args.preprocess_settings(model.config.image_size)
     return model, settings

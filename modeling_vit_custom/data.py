@@ -443,7 +443,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     """
     Map-style dataset over a `datasets.Dataset` with "image" and "label" columns.
 
-    Item i -> {"pixel_values": (C, H, W) float tensor, "labels": int, "replaced": int}. The image is decoded in the
+    Item i -> {"pixel_values": (C, H, W) uint8 tensor, "labels": int, "replaced": int}. The image is decoded in the
     DataLoader worker from its stored bytes; an undecodable image is replaced by the next good sample, logged once
     with its index, and counted in "replaced", which `collate` sums so the count reaches the training loop.
     """
@@ -484,7 +484,7 @@ class StreamingImageClassificationDataset(torch.utils.data.IterableDataset):
     processes: the shards are shuffled with the same seed everywhere, then split by `split_dataset_by_node`, and
     DataLoader workers split the process's shards again. `set_epoch(epoch)` reshuffles.
 
-    Yields {"pixel_values": (C, H, W) float tensor, "labels": int, "replaced": int}; an undecodable image is skipped,
+    Yields {"pixel_values": (C, H, W) uint8 tensor, "labels": int, "replaced": int}; an undecodable image is skipped,
     logged once with its position in this process's stream, and counted in the next sample's "replaced".
     """
 

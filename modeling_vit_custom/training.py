@@ -8,7 +8,7 @@ import random
 import re
 import shutil
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -252,19 +252,21 @@ class SeededSamples(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
         sample_seed = hash((self.seed, epoch, index)) % 2**32
-        # timm's transforms draw from all three generators. Their global states are put back afterwards: with
-        # num_workers=0 this runs in the training process, ahead of the step (the loader prefetches a batch), and
-        # must not shift the dropout / mixup randomness that a checkpoint restores.
-        states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        # timm's transforms draw from all three generators. In the training process (num_workers=0, where the loader
+        # prefetches a batch ahead of the step) their global states are put back afterwards, so that the dropout /
+        # mixup randomness a checkpoint restores is not shifted; a worker process has no other use for them.
+        in_worker = torch.utils.data.get_worker_info() is not None
+        states = None if in_worker else (random.getstate(), np.random.get_state(), torch.get_rng_state())
         random.seed(sample_seed)
         np.random.seed(sample_seed)
         torch.default_generator.manual_seed(sample_seed)  # torch.manual_seed also seeds CUDA: 100x slower
         try:
             return self.dataset[index]
         finally:
-            random.setstate(states[0])
-            np.random.set_state(states[1])
-            torch.set_rng_state(states[2])
+            if states is not None:
+                random.setstate(states[0])
+                np.random.set_state(states[1])
+                torch.set_rng_state(states[2])
 
 
 def save_checkpoint(accelerator, output_dir: str, step: int, state: dict, total_limit: int) -> Path:
@@ -431,8 +433,9 @@ def build_dataloaders(splits, settings: PreprocessSettings, num_channels: int, a
 
 
 @torch.no_grad()
-def run_evaluation(model: nn.Module, loader, accelerator, prepared: bool = True) -> dict:
-    """Loss, top-1 and top-5 over the whole split on any number of processes, counting each sample once."""
+def run_evaluation(model: nn.Module, loader, normalize: Callable, accelerator, prepared: bool = True) -> dict:
+    """Loss, top-1 and top-5 over the whole split on any number of processes, counting each sample once; `normalize`
+    turns the loader's uint8 batches into the model's input."""
     import evaluate
 
     metric = evaluate.load(METRIC_PATH, keep_in_memory=True)
@@ -441,7 +444,7 @@ def run_evaluation(model: nn.Module, loader, accelerator, prepared: bool = True)
     total_loss = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     num_ranked = 5
     for batch in loader:
-        pixel_values = batch["pixel_values"].to(accelerator.device, non_blocking=True)
+        pixel_values = normalize(batch["pixel_values"].to(accelerator.device, non_blocking=True))
         labels = batch["labels"].to(accelerator.device, non_blocking=True)
         with accelerator.autocast():
             logits = model_logits(model, pixel_values).float()

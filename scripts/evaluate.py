@@ -21,7 +21,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from modeling_vit_custom.data import DataArguments, load_datasets  # noqa: E402
 from modeling_vit_custom.training import ModelArguments, load_for_evaluation, parse_args, run_evaluation  # noqa: E402
-from modeling_vit_custom.transforms import build_eval_transform  # noqa: E402
+from modeling_vit_custom.transforms import Normalize, build_eval_transform  # noqa: E402
 
 logger = get_logger(__name__)
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None):
     )
     model, loader = accelerator.prepare(model, loader)
     start = time.perf_counter()
-    result = run_evaluation(model, loader, accelerator)
+    result = run_evaluation(model, loader, Normalize(settings), accelerator)
     result["images_per_second"] = result["eval_samples"] / (time.perf_counter() - start)
     if accelerator.is_main_process:
         print(json.dumps(result, indent=2))

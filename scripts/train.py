@@ -52,7 +52,7 @@ from modeling_vit_custom.training import (  # noqa: E402
     steps_per_epoch,
     to_jsonable,
 )
-from modeling_vit_custom.transforms import AugmentArguments, build_mixup  # noqa: E402
+from modeling_vit_custom.transforms import AugmentArguments, Normalize, build_mixup  # noqa: E402
 
 logger = get_logger(__name__)
 
@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None):
         splits, settings, num_channels, aug_args, data_args, args, accelerator
     )
     mixup = build_mixup(aug_args, num_classes)
+    # The loaders hand over uint8 images: normalized (and erased, in training) per batch on the device.
+    train_normalize, eval_normalize = Normalize(settings, aug_args.random_erasing), Normalize(settings)
 
     if args.gradient_checkpointing:
         if hasattr(model, "set_grad_checkpointing"):  # timm
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None):
         if last_eval.get("step") == global_step:  # the step's evaluation is also the epoch's
             return last_eval["result"]
         eval_model = ema.module if ema is not None else model
-        result = run_evaluation(eval_model, eval_loader, accelerator, prepared=not streaming)
+        result = run_evaluation(eval_model, eval_loader, eval_normalize, accelerator, prepared=not streaming)
         metrics.write("eval", step=global_step, epoch=epoch, **result)
         accelerator.log(result, step=global_step)
         logger.info(
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None):
                     k: v.to(accelerator.device, non_blocking=True) if torch.is_tensor(v) else v
                     for k, v in batch.items()
                 }
-            pixel_values, labels = batch["pixel_values"], batch["labels"]
+            pixel_values, labels = train_normalize(batch["pixel_values"]), batch["labels"]
             if mixup is not None:
                 pixel_values, labels = mixup(pixel_values, labels)
             elif aug_args.label_smoothing > 0:

@@ -204,6 +204,9 @@ def test_epoch_sampler_and_seeded_samples_replay_any_batch():
     # The training process's generators (dropout, drop-path, mixup) are untouched.
     assert torch.equal(torch.get_rng_state(), states[0])
     assert (np.random.get_state()[1] == states[1]).all() and random.getstate() == states[2]
+    # A worker process draws the same sample (there the global states are not put back: nothing else uses them).
+    loader = torch.utils.data.DataLoader(samples, sampler=[(1, 4)], num_workers=1)
+    assert torch.equal(next(iter(loader))[0], samples[(1, 4)])
 
 
 def test_config_overrides_are_typed_and_checked():

@@ -13,6 +13,7 @@ from timm.data.random_erasing import RandomErasing
 from modeling_vit_custom.image_processing import PreprocessSettings
 from modeling_vit_custom.transforms import (
     AugmentArguments,
+    Normalize,
     build_eval_transform,
     build_mixup,
     build_timm_eval_transform,
@@ -21,6 +22,11 @@ from modeling_vit_custom.transforms import (
 )
 
 ONE_LEVEL = 2 / 255  # one intensity level after normalizing with std 0.5
+
+
+def normalized(transform, image: Image.Image, settings: PreprocessSettings) -> torch.Tensor:
+    """One image through a uint8 transform and `Normalize`: what the model sees."""
+    return Normalize(settings)(transform(image)[None])[0]
 
 
 def natural_image(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -48,24 +54,29 @@ SETTINGS = [
 @pytest.mark.parametrize("size", [(500, 375), (375, 500), (37, 91)])
 def test_exact_eval_transform_equals_timm(settings, size):
     image = natural_image(*size)
-    ours = build_eval_transform(settings, 3, exact=True)(image.copy())
-    timm_result = build_timm_eval_transform(settings, 3)(image.copy())
-    assert ours.shape == (3, settings.image_size, settings.image_size)
-    assert torch.equal(ours, timm_result)
+    exact = build_eval_transform(settings, 3, exact=True)
+    ours = exact(image.copy())
+    assert ours.shape == (3, settings.image_size, settings.image_size) and ours.dtype == torch.uint8
+    assert torch.equal(normalized(exact, image.copy(), settings), build_timm_eval_transform(settings, 3)(image.copy()))
     # A JPEG goes through the same decode on both sides when exact.
-    assert torch.equal(
-        build_eval_transform(settings, 3, exact=True)(jpeg(image)), build_timm_eval_transform(settings, 3)(jpeg(image))
-    )
+    assert torch.equal(normalized(exact, jpeg(image), settings), build_timm_eval_transform(settings, 3)(jpeg(image)))
 
 
 @pytest.mark.parametrize("settings", SETTINGS, ids=["b16-224", "32-bilinear", "48-crop1"])
 def test_fast_eval_transform_within_one_level_of_timm(settings):
     image = natural_image(500, 375, seed=1)
-    fast = build_eval_transform(settings, 3)(image.copy())
+    fast = normalized(build_eval_transform(settings, 3), image.copy(), settings)
     reference = build_timm_eval_transform(settings, 3)(image.copy())
+    # torch's uint8 resize rounds differently from Pillow's: a few pixels one intensity level apart.
     difference = (fast - reference).abs()
     assert difference.max().item() <= ONE_LEVEL / min(settings.std) * 0.5 + 1e-6
     assert (difference > 1e-6).float().mean().item() < 0.005
+    # Interpolations torch cannot resize on uint8 go through Pillow, as in timm.
+    lanczos = PreprocessSettings(image_size=32, interpolation="lanczos")
+    assert torch.equal(
+        normalized(build_eval_transform(lanczos, 3), image.copy(), lanczos),
+        build_timm_eval_transform(lanczos, 3)(image.copy()),
+    )
 
 
 def test_jpeg_draft_only_for_large_images_and_close_to_timm():
@@ -73,16 +84,14 @@ def test_jpeg_draft_only_for_large_images_and_close_to_timm():
     transform = build_eval_transform(settings, 3)
     # 500x375 is below twice the resize size (248): decoded at full scale, so only resize rounding differs.
     small = jpeg(natural_image(500, 375))
-    assert (transform(small) - build_timm_eval_transform(settings, 3)(jpeg(natural_image(500, 375)))).abs().max() <= (
-        ONE_LEVEL + 1e-6
-    )
+    reference = build_timm_eval_transform(settings, 3)(jpeg(natural_image(500, 375)))
+    assert (normalized(transform, small, settings) - reference).abs().max() <= ONE_LEVEL + 1e-6
     large_image = natural_image(2048, 1536, seed=2)
     large = jpeg(large_image)
     transform(large)
     assert large.size == (1024, 768)  # decoded at scale 1/2, still >= 2 x 248 on the short side
     difference = (
-        build_eval_transform(settings, 3)(jpeg(large_image))
-        - build_timm_eval_transform(settings, 3)(jpeg(large_image))
+        normalized(transform, jpeg(large_image), settings) - build_timm_eval_transform(settings, 3)(jpeg(large_image))
     ).abs()
     assert difference.mean().item() < 0.01
     assert difference.max().item() < 0.1
@@ -99,8 +108,7 @@ def test_transforms_accept_every_mode(mode, num_channels):
         build_train_transform(settings, num_channels, aug),
     ):
         out = transform(image.copy())
-        assert out.shape == (num_channels, 32, 32)
-        assert torch.isfinite(out).all()
+        assert out.shape == (num_channels, 32, 32) and out.dtype == torch.uint8
 
 
 def test_grayscale_model_gets_luma():
@@ -108,7 +116,7 @@ def test_grayscale_model_gets_luma():
     image = Image.new("RGB", (32, 32), (255, 0, 0))
     out = build_eval_transform(settings, 1)(image)
     # ITU-R 601-2 luma of pure red: 299/1000 * 255 = 76.
-    assert torch.allclose(out, torch.full((1, 32, 32), 76 / 255))
+    assert torch.equal(out, torch.full((1, 32, 32), 76, dtype=torch.uint8))
 
 
 def test_channel_mismatch_is_an_error():
@@ -122,10 +130,11 @@ def test_train_transform_pieces_switch():
     settings = PreprocessSettings(image_size=32)
     full = build_train_transform(settings, 3, AugmentArguments())
     kinds = [type(t) for t in full.transforms[1].transforms]
-    assert RandAugment in kinds and RandomErasing in kinds
+    # Random erasing works on normalized values: `Normalize` applies it per batch.
+    assert RandAugment in kinds and RandomErasing not in kinds
     bare = build_train_transform(settings, 3, AugmentArguments(randaugment="", random_erasing=0.0, hflip=0.0))
     kinds = [type(t).__name__ for t in bare.transforms[1].transforms]
-    assert kinds == ["RandomResizedCropAndInterpolation", "MaybeToTensor", "Normalize"]
+    assert kinds == ["RandomResizedCropAndInterpolation", "MaybePILToTensor"]
     jitter = build_train_transform(settings, 3, AugmentArguments(randaugment=None, color_jitter=0.4))
     assert "ColorJitter" in [type(t).__name__ for t in jitter.transforms[1].transforms]
 
@@ -135,7 +144,7 @@ def test_train_crop_scale_one_with_no_aug_is_a_resize_of_a_centered_square():
     aug = AugmentArguments(train_crop_scale=(1.0, 1.0), randaugment=None, random_erasing=0.0, hflip=0.0)
     image = natural_image(64, 64)
     torch.manual_seed(0)
-    outs = [build_train_transform(settings, 3, aug)(image.copy()) for _ in range(3)]
+    outs = [normalized(build_train_transform(settings, 3, aug), image.copy(), settings) for _ in range(3)]
     # Scale 1 on a square image leaves only the aspect ratio random, and a full-area crop of a square is the square.
     expected = build_timm_eval_transform(PreprocessSettings(image_size=32, crop_pct=1.0, interpolation="bilinear"), 3)(
         image.copy()
@@ -149,8 +158,8 @@ def test_train_transform_is_random():
     transform = build_train_transform(settings, 3, AugmentArguments())
     image = natural_image(64, 48)
     torch.manual_seed(0)
-    a, b = transform(image.copy()), transform(image.copy())
-    assert (a - b).abs().mean().item() > 0.05
+    a, b = transform(image.copy()).float(), transform(image.copy()).float()
+    assert (a - b).abs().mean().item() > 5  # intensity levels
 
 
 def test_augment_arguments_errors():
@@ -194,3 +203,20 @@ def test_randaugment_posterize_to_zero_bits_gives_black():
         assert np.array_equal(np.asarray(op.aug_fn(image, 4)), np.asarray(image) & 0xF0)
         op.magnitude, op.magnitude_std, op.prob = 10, 0, 1.0
         assert np.asarray(op(image)).max() == 0
+
+
+def test_normalize_batches_and_erases():
+    settings = PreprocessSettings(image_size=8, mean=(0.2, 0.4, 0.6), std=(0.5, 0.25, 0.125))
+    pixels = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    expected = (pixels.float() / 255 - torch.tensor(settings.mean).view(3, 1, 1)) / torch.tensor(settings.std).view(
+        3, 1, 1
+    )
+    torch.testing.assert_close(Normalize(settings)(pixels), expected, atol=1e-6, rtol=0)
+    torch.manual_seed(0)
+    erased = Normalize(settings, random_erasing=1.0)(pixels)
+    changed = (erased != Normalize(settings)(pixels)).flatten(1).float().mean(dim=1)
+    # Every image gets one erased box of 2% to 1/3 of its area, filled with per-pixel normal noise.
+    assert ((changed >= 0.01) & (changed <= 0.34)).all() and torch.isfinite(erased).all()
+    with pytest.raises(ValueError, match=r"expected a uint8 batch \(B, 3, H, W\) from the data transforms, got "
+                                         r"torch.float32 \(3, 8, 8\)"):  # fmt: skip
+        Normalize(settings)(expected[0])

@@ -1,5 +1,6 @@
 """Training and evaluation transforms built from the model's preprocessing settings (timm's), and mixup/cutmix."""
 
+import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from timm.data import Mixup, create_transform
 from timm.data.auto_augment import RandAugment, posterize
 from timm.data.mixup import mixup_target
 from timm.data.random_erasing import RandomErasing
+from torchcodec.decoders import decode_jpeg
 from torchvision import transforms as T
 from torchvision.transforms.v2 import functional as F
 
@@ -98,14 +100,17 @@ class ConvertImage:
 
 class EvalTransform:
     """
-    timm's evaluation transform up to normalization: PIL image (any mode, any size) -> (C, S, S) uint8 tensor.
+    timm's evaluation transform up to normalization: image (any mode, any size) -> (C, S, S) uint8 tensor.
 
     The short side is resized to floor(S / crop_pct) and the center S x S is cropped, as
     `timm.data.create_transform(is_training=False, ...)` does; `Normalize` then turns a batch of these into the model's
-    input on the batch's device. With `exact=True` the resize is Pillow's, as in timm, and the normalized result is
-    bit-identical to timm's. By default two steps are cheaper: a bilinear or bicubic resize runs on the uint8 tensor
-    with torch's antialiased SIMD kernel (4x faster than Pillow's on one core, within one intensity level of it), and a
-    JPEG at least 2 * DRAFT_MARGIN times the resize size is decoded at a reduced DCT scale (1/2, 1/4, 1/8).
+    input on the batch's device. With `exact=True` decoding and resizing are Pillow's, as in timm, and the normalized
+    result is bit-identical to timm's. By default three steps are cheaper. `decode` hands a JPEG from libjpeg straight
+    to a uint8 tensor (TorchCodec's decoder: the same pixels as Pillow's, without Pillow's image and its copy into a
+    tensor), or, when it is at least 2 * DRAFT_MARGIN times the resize size, decodes it at a reduced DCT scale (1/2,
+    1/4, 1/8) with Pillow. A bilinear or bicubic resize runs on the uint8 tensor with torch's antialiased SIMD kernel
+    (4x faster than Pillow's on one core, within one intensity level of it). The crop is a view, copied once into the
+    batch.
     """
 
     def __init__(self, settings: PreprocessSettings, num_channels: int, exact: bool = False):
@@ -117,21 +122,37 @@ class EvalTransform:
         self.exact = exact
         self.resize_tensor = not exact and settings.interpolation in TENSOR_INTERPOLATIONS
 
-    def prepare(self, image: Image.Image) -> None:
-        """Before decoding: ask Pillow to decode a large JPEG at a reduced scale (no effect once loaded)."""
-        if not self.exact and image.format == "JPEG":
-            width, height = image.size
-            factor = DRAFT_MARGIN * self.scale_size / min(width, height)
-            image.draft(None, (math.ceil(width * factor), math.ceil(height * factor)))
+    def _draft(self, image: Image.Image) -> bool:
+        """Ask Pillow to decode a large JPEG at a reduced scale (no effect once loaded); True if it will."""
+        if self.exact or image.format != "JPEG":
+            return False
+        width, height = image.size
+        factor = DRAFT_MARGIN * self.scale_size / min(width, height)
+        image.draft(None, (math.ceil(width * factor), math.ceil(height * factor)))
+        return image.size != (width, height)
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        self.prepare(image)
-        image = convert_image(image, self.mode)
-        if self.resize_tensor:
-            image = F.pil_to_tensor(image)
+    def decode(self, data: bytes) -> Image.Image | torch.Tensor:
+        """Encoded image -> a loaded PIL image, or a (C, H, W) uint8 tensor in the model's mode for a JPEG that libjpeg
+        turns into the same pixels as Pillow's decoding and conversion (any JPEG for RGB, grayscale ones for L)."""
+        image = Image.open(io.BytesIO(data))  # reads the header only
+        if not self._draft(image) and self.resize_tensor and image.format == "JPEG":
+            if self.mode == "RGB" or image.mode == "L":
+                try:
+                    return decode_jpeg(data, mode="RGB" if self.mode == "RGB" else "GRAY")
+                except RuntimeError:
+                    pass  # what libjpeg refuses (a truncated file): Pillow below decodes it or raises its own error
+        image.load()
+        return image
+
+    def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        if isinstance(image, Image.Image):
+            self._draft(image)
+            image = convert_image(image, self.mode)
+            if self.resize_tensor:
+                image = F.pil_to_tensor(image)
         image = F.resize(image, self.scale_size, interpolation=self.interpolation, antialias=True)
         image = F.center_crop(image, self.size)
-        return image.contiguous() if self.resize_tensor else F.pil_to_tensor(image)
+        return image if self.resize_tensor else F.pil_to_tensor(image)
 
     def __repr__(self) -> str:
         return (

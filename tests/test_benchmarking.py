@@ -2,7 +2,10 @@
 
 import json
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import datasets
 import pytest
@@ -171,3 +174,15 @@ def test_benchmark_rows_and_table():
         assert len(row["ours_runs"]) == len(row["timm_runs"]) == 3
     table = format_benchmark(result)
     assert table.count("\n| VisionTransformer(") == 2 and "Machine: cpu:" in table
+
+
+def test_data_benchmark_prints_one_row_per_pipeline_against_naive():
+    script = Path(__file__).resolve().parents[1] / "scripts/benchmark_data.py"
+    args = ["--num_images", "6", "--batch_size", "4", "--repeats", "1", "--sizes", "96x64", "64x96"]
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=True)
+    for size in ("96x64", "64x96"):
+        table = done.stdout.split(f"{size} JPEG, quality 90, 6 images in batches of 4")[1].split("\n\n")[0]
+        rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and line.endswith("x |")]
+        assert rows[0][0] == "| naive: PIL open -> RandomResizedCrop -> ToTensor"
+        assert len(rows) == 6 and rows[0][2] == "1.00x |"
+        assert all(float(row[1]) > 0 for row in rows)

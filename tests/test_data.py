@@ -313,6 +313,14 @@ def test_odd_images_pass_and_bad_ones_are_counted(odd_images, caplog, num_channe
     messages = [r.getMessage() for r in caplog.records if "Replacing undecodable image" in r.getMessage()]
     assert len(messages) == 2  # index 3 is logged once although it failed twice
     assert any("at index 3" in m for m in messages) and any("at index 8" in m for m in messages)
+    # A DataLoader worker reads each batch at once (__getitems__): the same items, replacements and counts.
+    batched = dataset.__getitems__(list(range(len(dataset))))
+    assert [(b["labels"], b["replaced"]) for b in batched] == [(a["labels"], a["replaced"]) for a in items[:-1]]
+    if not training:
+        assert all(torch.equal(a["pixel_values"], b["pixel_values"]) for a, b in zip(items, batched, strict=False))
+    assert dataset.counter.num_bad == 3 + len(bad)
+    with pytest.raises(IndexError, match="index 9 out of range for a dataset of 9 images"):
+        dataset.__getitems__([0, 9])
 
 
 def test_bad_counts_travel_through_a_dataloader_with_workers(odd_images):

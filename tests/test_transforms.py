@@ -9,6 +9,7 @@ from PIL import Image
 from timm.data import Mixup
 from timm.data.auto_augment import RandAugment
 from timm.data.random_erasing import RandomErasing
+from torchvision.transforms.v2 import functional as F
 
 from modeling_vit_custom.image_processing import PreprocessSettings
 from modeling_vit_custom.transforms import (
@@ -95,6 +96,44 @@ def test_jpeg_draft_only_for_large_images_and_close_to_timm():
     ).abs()
     assert difference.mean().item() < 0.01
     assert difference.max().item() < 0.1
+
+
+def encoded(image: Image.Image, format: str = "JPEG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+@pytest.mark.parametrize("options", [{}, {"progressive": True}, {"subsampling": 0}], ids=["420", "progressive", "444"])
+@pytest.mark.parametrize("num_channels", [1, 3])
+def test_decode_gives_pillows_pixels(mode, options, num_channels):
+    settings = PreprocessSettings(mean=(0.5,) * num_channels, std=(0.5,) * num_channels)
+    transform = build_eval_transform(settings, num_channels)
+    data = encoded(natural_image(203, 151).convert(mode), quality=90, **options)
+    decoded = transform.decode(data)
+    # libjpeg's conversions match Pillow's except RGB -> L (luma from YCbCr, not from rounded RGB): Pillow does that.
+    assert isinstance(decoded, torch.Tensor) == (num_channels == 3 or mode == "L")
+    target = "RGB" if num_channels == 3 else "L"
+    if isinstance(decoded, Image.Image):
+        decoded = F.pil_to_tensor(decoded.convert(target))  # what the transform does with it
+    assert torch.equal(decoded, F.pil_to_tensor(Image.open(io.BytesIO(data)).convert(target)))
+    assert torch.equal(transform(transform.decode(data)), transform(Image.open(io.BytesIO(data))))
+
+
+def test_decode_falls_back_to_pillow():
+    settings = PreprocessSettings()
+    transform = build_eval_transform(settings, 3)
+    image = natural_image(203, 151)
+    png = transform.decode(encoded(image, "PNG"))
+    assert isinstance(png, Image.Image) and png.tobytes() == image.tobytes()
+    large = transform.decode(encoded(natural_image(2048, 1536)))
+    assert isinstance(large, Image.Image) and large.size == (1024, 768)  # Pillow's reduced DCT scale
+    exact = build_eval_transform(settings, 3, exact=True).decode(encoded(image))
+    assert isinstance(exact, Image.Image) and exact.size == (203, 151)
+    # A truncated JPEG is refused by libjpeg through TorchCodec, then Pillow names the error.
+    with pytest.raises(OSError, match="truncated"):
+        transform.decode(encoded(image)[:3000])
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "LA", "I;16"])

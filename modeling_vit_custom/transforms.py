@@ -183,7 +183,7 @@ class Normalize:
             )
         if self.mean.device != pixels.device:
             self.mean, self.std = self.mean.to(pixels.device), self.std.to(pixels.device)
-        batch = pixels.float().div(255).sub_(self.mean).div_(self.std)
+        batch = pixels.float().div_(255).sub_(self.mean).div_(self.std)
         if self.random_erasing == 0:
             return batch
         if self.eraser is None:  # per-pixel normal noise, as DeiT erases, drawn on the batch's device

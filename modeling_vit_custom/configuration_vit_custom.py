@@ -46,6 +46,12 @@ class ViTCustomConfig(PretrainedConfig):
             Standard deviation of the truncated normal initialisation.
         pooling (`str`, *optional*, defaults to `"cls"`):
             `"cls"` classifies the class token, `"mean"` the mean of the patch tokens.
+        conv_stem_depth (`int`, *optional*, defaults to 0):
+            0 cuts the image into patches and projects them linearly (ViT). N > 0 replaces that with N 3x3 stride-2
+            convolutions with BatchNorm and ReLU, of hidden_size / 2**(N-1-i) channels, and a 1x1 projection: the
+            convolutional stem of Xiao et al. 2021 ("Early Convolutions Help Transformers See Better"). Each
+            convolution halves the size rounding up, so the token grid is ceil(image_size / 2**N), which must equal
+            image_size // patch_size (e.g. 28 px, patch 7, depth 3: a 4x4 grid).
         num_labels / id2label / label2id:
             The classes (1000 unnamed ImageNet classes by default), handled by `PretrainedConfig`.
     """
@@ -69,6 +75,7 @@ class ViTCustomConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-6,
         initializer_range: float = 0.02,
         pooling: str = "cls",
+        conv_stem_depth: int = 0,
         **kwargs,
     ):
         if "num_labels" not in kwargs and "id2label" not in kwargs:
@@ -92,6 +99,7 @@ class ViTCustomConfig(PretrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
         self.pooling = pooling
+        self.conv_stem_depth = conv_stem_depth
         self._validate()
 
     def _validate(self):
@@ -132,3 +140,16 @@ class ViTCustomConfig(PretrainedConfig):
             raise ValueError(f"ViTCustomConfig.qkv_bias: expected true or false, got {self.qkv_bias!r}")
         if self.pooling not in ("cls", "mean"):
             raise ValueError(f"ViTCustomConfig.pooling: expected 'cls' or 'mean', got {self.pooling!r}")
+        depth = self.conv_stem_depth
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+            raise ValueError(f"ViTCustomConfig.conv_stem_depth: expected a non-negative integer, got {depth!r}")
+        if depth and (
+            self.hidden_size % 2 ** (depth - 1)
+            or -(-self.image_size // 2**depth) != self.image_size // self.patch_size
+        ):
+            raise ValueError(
+                f"ViTCustomConfig.conv_stem_depth: {depth} stride-2 convolutions give a "
+                f"{-(-self.image_size // 2**depth)}-wide grid for image_size {self.image_size}; expected "
+                f"image_size // patch_size = {self.image_size // self.patch_size} and a hidden_size divisible by "
+                f"{2 ** (depth - 1)}, got hidden_size {self.hidden_size}"
+            )

@@ -216,8 +216,17 @@ def timm_to_ours_state_dict(state_dict: dict, config: ViTCustomConfig) -> dict:
     return {key: value.detach().clone() for key, value in ours.items()}
 
 
+def _check_no_conv_stem(config: ViTCustomConfig) -> None:
+    if config.conv_stem_depth:
+        raise ValueError(
+            "conv_stem_depth: timm's VisionTransformer embeds patches linearly, so a model with a convolutional stem "
+            f"has no timm counterpart to convert to: expected 0, got {config.conv_stem_depth}"
+        )
+
+
 def ours_to_timm_state_dict(state_dict: dict, config: ViTCustomConfig) -> dict:
     """ViTCustomForImageClassification (or ViTCustomModel) state dict -> timm VisionTransformer state dict."""
+    _check_no_conv_stem(config)
     prefix = "vit." if "vit.embeddings.cls_token" in state_dict else ""
     timm_sd = {
         "cls_token": state_dict[f"{prefix}embeddings.cls_token"],
@@ -306,6 +315,7 @@ def from_timm(
 
 def timm_kwargs(config: ViTCustomConfig) -> dict:
     """Keyword arguments of timm's VisionTransformer that build the network `config` describes."""
+    _check_no_conv_stem(config)
     act = {value: key for key, value in GELU_APPROXIMATIONS.items()}
     if config.hidden_act not in act:
         raise ValueError(f"hidden_act: expected one of {sorted(act)} to build a timm model, got {config.hidden_act!r}")

@@ -174,7 +174,11 @@ def _card_context(
     architecture = [
         ("Parameters", _format_number(parameters)),
         ("Image size", f"{config['image_size']} x {config['image_size']}"),
-        ("Patch size", f"{config['patch_size']} x {config['patch_size']}"),
+        (
+            ("Patch embedding", f"linear, {config['patch_size']} x {config['patch_size']} patches")
+            if not config.get("conv_stem_depth")
+            else ("Patch embedding", f"convolutional stem, {config['conv_stem_depth']} stride-2 3 x 3 convolutions")
+        ),
         ("Hidden size", config["hidden_size"]),
         ("Layers", config["num_hidden_layers"]),
         ("Attention heads", config["num_attention_heads"]),

@@ -12,8 +12,8 @@ from .configuration_vit_custom import ViTCustomConfig
 
 
 class ViTCustomEmbeddings(nn.Module):
-    """Image (B, C, H, W) -> tokens (B, 1 + num_patches, hidden_size): patches, linear projection, class token,
-    learned position embedding, dropout."""
+    """Image (B, C, H, W) -> tokens (B, 1 + num_patches, hidden_size): patches and a linear projection (or the
+    convolutional stem, `conv_stem_depth` > 0), class token, learned position embedding, dropout."""
 
     def __init__(self, config: ViTCustomConfig):
         super().__init__()
@@ -21,15 +21,29 @@ class ViTCustomEmbeddings(nn.Module):
         self.patch_size = p = config.patch_size
         self.num_channels = config.num_channels
         self.grid_size = config.image_size // p
-        self.to_patches = Rearrange("b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p)
-        self.patch_proj = nn.Linear(p * p * config.num_channels, config.hidden_size)
+        self.conv_stem_depth = depth = config.conv_stem_depth
+        if depth:
+            widths = [config.num_channels] + [config.hidden_size // 2 ** (depth - 1 - i) for i in range(depth)]
+            layers = []
+            for in_width, out_width in zip(widths[:-1], widths[1:], strict=True):
+                layers += [nn.Conv2d(in_width, out_width, 3, 2, 1, bias=False), nn.BatchNorm2d(out_width), nn.ReLU()]
+            self.conv_stem = nn.Sequential(*layers, nn.Conv2d(widths[-1], config.hidden_size, 1))
+        else:
+            self.to_patches = Rearrange("b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p)
+            self.patch_proj = nn.Linear(p * p * config.num_channels, config.hidden_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.position_embeddings = nn.Parameter(torch.zeros(1, 1 + self.grid_size**2, config.hidden_size))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """Token grid of an image: (height // patch, width // patch), or halved and rounded up per stem convolution."""
+        if self.conv_stem_depth:
+            return -(-height // 2**self.conv_stem_depth), -(-width // 2**self.conv_stem_depth)
+        return height // self.patch_size, width // self.patch_size
+
     def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
-        """Resample the patch position embeddings to a (height // patch, width // patch) grid, bicubic in float32."""
-        new_h, new_w = height // self.patch_size, width // self.patch_size
+        """Resample the patch position embeddings to the image's token grid, bicubic in float32."""
+        new_h, new_w = self.grid(height, width)
         if (new_h, new_w) == (self.grid_size, self.grid_size):
             return self.position_embeddings
         cls_pos, patch_pos = self.position_embeddings[:, :1], self.position_embeddings[:, 1:]
@@ -48,7 +62,7 @@ class ViTCustomEmbeddings(nn.Module):
             )
         height, width = pixel_values.shape[-2:]
         if interpolate_pos_encoding:
-            if height % self.patch_size or width % self.patch_size:
+            if not self.conv_stem_depth and (height % self.patch_size or width % self.patch_size):
                 raise ValueError(
                     f"Expected an image size divisible by patch_size {self.patch_size}, got {height}x{width}"
                 )
@@ -60,7 +74,10 @@ class ViTCustomEmbeddings(nn.Module):
             )
         else:
             position_embeddings = self.position_embeddings
-        patches = self.patch_proj(self.to_patches(pixel_values))  # (B, N, D)
+        if self.conv_stem_depth:
+            patches = self.conv_stem(pixel_values).flatten(2).transpose(1, 2)  # (B, N, D)
+        else:
+            patches = self.patch_proj(self.to_patches(pixel_values))
         cls_tokens = self.cls_token.expand(patches.shape[0], -1, -1)
         embeddings = torch.cat([cls_tokens, patches], dim=1) + position_embeddings
         return self.dropout(embeddings)
@@ -258,7 +275,7 @@ class ViTCustomModel(ViTCustomPreTrainedModel):
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        pixel_values = pixel_values.to(self.embeddings.patch_proj.weight.dtype)
+        pixel_values = pixel_values.to(self.embeddings.position_embeddings.dtype)
 
         hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         # With class-token pooling and no per-token outputs asked for, the last layer only needs the class token as

@@ -77,6 +77,14 @@ def test_ours_to_timm_to_ours_round_trip_is_exact(tiny_config, seed, pooling, qk
     assert max_abs_logit_diff(ours, timm_model, _pixels(32)) < 1e-5
 
 
+def test_a_conv_stem_model_is_refused_by_name(tiny_config):
+    ours = ViTCustomForImageClassification(tiny_config(conv_stem_depth=3))
+    with pytest.raises(ValueError, match="conv_stem_depth: timm's VisionTransformer embeds patches linearly.*got 3"):
+        to_timm(ours)
+    with pytest.raises(ValueError, match="conv_stem_depth"):
+        ours_to_timm_state_dict(ours.state_dict(), ours.config)
+
+
 def test_timm_state_dict_round_trip_is_exact(seed):
     source = VisionTransformer(**TINY_TIMM).eval()
     config = config_from_timm(source.state_dict(), num_heads=4)

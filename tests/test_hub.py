@@ -223,7 +223,7 @@ def test_trained_card_has_the_run_values_and_valid_metadata(exported, run_dir):
     assert "measured on a model of 86,567,656 parameters, not this checkpoint." in text
     assert 'model="someone/vit-tiny", revision="v1.0", trust_remote_code=True' in text
     assert f"| Parameters | {config['num_parameters']:,} |" in text and config["num_parameters"] == 19_395
-    assert "| Image size | 16 x 16 |" in text and "| Patch size | 4 x 4 |" in text
+    assert "| Image size | 16 x 16 |" in text and "| Patch embedding | linear, 4 x 4 patches |" in text
     assert "`blue`, `green`, `red`" in text
 
 

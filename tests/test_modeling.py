@@ -67,6 +67,9 @@ CONFIG_ERRORS = [
     ({"hidden_size": 66}, "hidden_size"),  # 4 heads do not divide 66
     ({"image_size": 36}, "image_size"),  # 8-pixel patches do not tile 36
     ({"pooling": "max"}, "pooling"),
+    ({"conv_stem_depth": -1}, "conv_stem_depth"),
+    ({"conv_stem_depth": 2}, "conv_stem_depth"),  # 32 -> 16 -> 8: an 8-wide grid, not 32 // 8 = 4
+    ({"conv_stem_depth": 3, "hidden_size": 66, "num_attention_heads": 3}, "conv_stem_depth"),  # 66 / 4 channels
     *[({name: value}, name) for name in SIZE_FIELDS for value in (0, -8)],
     *[({name: value}, name) for name in PROBABILITY_FIELDS for value in (-0.1, 1.0)],
 ]
@@ -508,3 +511,28 @@ def test_forward_leaves_config_unchanged(tiny_config, seed):
     model(pixel_values, output_attentions=True, output_hidden_states=True, interpolate_pos_encoding=True)
     assert model.config.to_dict() == before
     assert model.config.problem_type is None
+
+
+# --- convolutional stem ------------------------------------------------------------------------------------------
+
+
+def test_conv_stem_replaces_the_patch_projection(tiny_config, seed, tmp_path):
+    config = tiny_config(conv_stem_depth=3)  # 32 -> 16 -> 8 -> 4: the 4x4 grid of 8-pixel patches
+    model = ViTCustomForImageClassification(config)
+    stem = model.vit.embeddings.conv_stem
+    assert [layer.out_channels for layer in stem if isinstance(layer, torch.nn.Conv2d)] == [16, 32, 64, 64]
+    assert not any("patch_proj" in name for name, _ in model.named_parameters())
+    pixel_values = torch.randn(3, 3, 32, 32)
+    assert model.vit.embeddings(pixel_values).shape == (3, 1 + 16, 64)
+    model(pixel_values=pixel_values, labels=torch.tensor([0, 1, 2])).loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+    # Another resolution: the grid follows the stem (48 -> 6x6), the position embeddings are resampled to it.
+    assert model.vit.embeddings(torch.randn(1, 3, 48, 48), interpolate_pos_encoding=True).shape == (1, 1 + 36, 64)
+    # BatchNorm's running statistics are saved and loaded with the weights.
+    model.train()(pixel_values=pixel_values)
+    model.eval().save_pretrained(tmp_path)
+    loaded = ViTCustomForImageClassification.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(stem[1].running_mean, loaded.vit.embeddings.conv_stem[1].running_mean, atol=0, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values).logits, model(pixel_values).logits, atol=0, rtol=0)

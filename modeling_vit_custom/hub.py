@@ -175,9 +175,10 @@ def _card_context(
         ("Parameters", _format_number(parameters)),
         ("Image size", f"{config['image_size']} x {config['image_size']}"),
         (
-            ("Patch embedding", f"linear, {config['patch_size']} x {config['patch_size']} patches")
-            if not config.get("conv_stem_depth")
-            else ("Patch embedding", f"convolutional stem, {config['conv_stem_depth']} stride-2 3 x 3 convolutions")
+            "Patch embedding",
+            f"convolutional stem, {config['conv_stem_depth']} stride-2 3 x 3 convolutions"
+            if config.get("conv_stem_depth")
+            else f"linear, {config['patch_size']} x {config['patch_size']} patches",
         ),
         ("Hidden size", config["hidden_size"]),
         ("Layers", config["num_hidden_layers"]),

@@ -143,13 +143,11 @@ class ViTCustomConfig(PretrainedConfig):
         depth = self.conv_stem_depth
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
             raise ValueError(f"ViTCustomConfig.conv_stem_depth: expected a non-negative integer, got {depth!r}")
-        if depth and (
-            self.hidden_size % 2 ** (depth - 1)
-            or -(-self.image_size // 2**depth) != self.image_size // self.patch_size
-        ):
+        stem_grid = -(-self.image_size // 2**depth)  # each stride-2 convolution halves the size, rounding up
+        if depth and (self.hidden_size % 2 ** (depth - 1) or stem_grid != self.image_size // self.patch_size):
             raise ValueError(
                 f"ViTCustomConfig.conv_stem_depth: {depth} stride-2 convolutions give a "
-                f"{-(-self.image_size // 2**depth)}-wide grid for image_size {self.image_size}; expected "
+                f"{stem_grid}-wide grid for image_size {self.image_size}; expected "
                 f"image_size // patch_size = {self.image_size // self.patch_size} and a hidden_size divisible by "
                 f"{2 ** (depth - 1)}, got hidden_size {self.hidden_size}"
             )

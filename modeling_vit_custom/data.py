@@ -478,19 +478,20 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for a dataset of {len(self.dataset)} images")
 
     def _item(self, index: int, encoded: dict, label: int) -> dict:
-        replaced = 0
+        replaced, i = 0, index
         while True:
             # Only decoding is guarded: an error in the transform is a bug, not a bad image.
             try:
                 image = decode_image(encoded, self.transform)
             except IMAGE_ERRORS as e:
-                self.counter.bad(f"at index {(index + replaced) % len(self.dataset)}", e)
+                self.counter.bad(f"at index {i}", e)
                 replaced += 1
                 if replaced >= min(MAX_CONSECUTIVE_BAD, len(self.dataset)):
                     raise TooManyBadImages(
                         f"{replaced} consecutive images from index {index} could not be decoded"
                     ) from e
-                example = self.dataset[(index + replaced) % len(self.dataset)]
+                i = (index + replaced) % len(self.dataset)
+                example = self.dataset[i]
                 encoded, label = example["image"], example["label"]
                 continue
             self.counter.good()

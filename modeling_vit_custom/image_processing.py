@@ -32,6 +32,11 @@ class PreprocessSettings:
         if len(self.mean) != len(self.std):
             raise ValueError(f"mean and std: expected the same length, got {len(self.mean)} and {len(self.std)}")
 
+    @property
+    def num_channels(self) -> int:
+        """Channels of the images these settings normalize: one mean and one std per channel."""
+        return len(self.mean)
+
     def to_image_processor(self) -> ConvNextImageProcessor:
         """ConvNeXT's processor implements exactly this transform (short side to size / crop_pct, center crop) for
         sizes below 384. At 384 and above it resizes straight to size x size: the same as timm's crop_pct 1.0 for
@@ -44,7 +49,7 @@ class PreprocessSettings:
             image_std=list(self.std),
             # A 1-channel model takes grayscale images as they are (transformers' pipeline still sends RGB, so a
             # 1-channel model is for direct use; 3 channels work everywhere).
-            do_convert_rgb=len(self.mean) == 3,
+            do_convert_rgb=self.num_channels == 3,
         )
 
     @classmethod

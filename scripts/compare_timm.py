@@ -5,7 +5,8 @@ import logging
 import sys
 from pathlib import Path
 
-from modeling_vit_custom.benchmarking import compare, format_rows, plot_ratios, write_json
+from modeling_vit_custom.bench.compare import compare, format_rows, plot_ratios
+from modeling_vit_custom.files import write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from modeling_vit_custom.conversion import convert_hf_vit, convert_timm
+from modeling_vit_custom.interop.timm_conversion import convert_hf_vit, convert_timm
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -5,7 +5,9 @@ from dataclasses import dataclass
 
 from transformers import HfArgumentParser
 
-from modeling_vit_custom.data import DataArguments, load_datasets, write_shrunk_parquet
+from modeling_vit_custom.data.arguments import DataArguments
+from modeling_vit_custom.data.prepare import write_shrunk_parquet
+from modeling_vit_custom.data.sources import load_datasets
 
 
 @dataclass

@@ -5,7 +5,8 @@ import logging
 import sys
 from pathlib import Path
 
-from modeling_vit_custom.hub import DEFAULT_TEMPLATE_PATH, push_run
+from modeling_vit_custom.interop.card import DEFAULT_TEMPLATE_PATH
+from modeling_vit_custom.interop.hub import push_run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

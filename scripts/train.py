@@ -12,55 +12,54 @@ training_curves.png.
 import json
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 
-import torch
-from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.logging import get_logger
-from accelerate.utils import set_seed
-from timm.data.mixup import mixup_target
-from timm.utils import ModelEmaV3
-from tqdm.auto import tqdm
-
-# The repository root instead of scripts/, where evaluate.py would shadow the `evaluate` library.
-sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from modeling_vit_custom.data import DataArguments, check_bad_images, load_datasets  # noqa: E402
-from modeling_vit_custom.training import (  # noqa: E402
-    MetricsLog,
-    ModelArguments,
-    TrainingArguments,
-    build_dataloaders,
-    build_model,
-    classification_loss,
-    create_optimizer,
-    create_scheduler,
-    forward_flops_per_image,
-    model_logits,
-    parse_args,
-    peak_flops,
-    plot_metrics,
-    ranks_in_sync,
-    read_training_state,
-    resolve_checkpoint,
-    run_evaluation,
-    save_checkpoint,
-    save_model_folder,
-    scaled_learning_rate,
-    steps_per_epoch,
-    to_jsonable,
-)
-from modeling_vit_custom.transforms import AugmentArguments, Normalize, build_mixup  # noqa: E402
-
-logger = get_logger(__name__)
+from modeling_vit_custom.data.arguments import AugmentArguments, DataArguments
+from modeling_vit_custom.training.arguments import ModelArguments, TrainingArguments, parse_args, to_jsonable
 
 
 def main(argv: list[str] | None = None):
     model_args, data_args, aug_args, args = parse_args(
         (ModelArguments, DataArguments, AugmentArguments, TrainingArguments), argv
     )
+    # Imported once the flags are read, so that --help and a bad flag answer before torch and timm load.
+    import torch
+    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.logging import get_logger
+    from accelerate.utils import set_seed
+    from timm.utils import ModelEmaV3
+    from tqdm.auto import tqdm
+
+    from modeling_vit_custom.bench.harness import forward_flops_per_image, peak_flops
+    from modeling_vit_custom.data.decoding import check_bad_images
+    from modeling_vit_custom.data.loaders import build_dataloaders
+    from modeling_vit_custom.data.sources import load_datasets
+    from modeling_vit_custom.data.transforms import Normalize, build_mixup, smooth_labels
+    from modeling_vit_custom.interop.models import logits_of
+    from modeling_vit_custom.training.checkpoints import read_training_state, resolve_checkpoint, save_checkpoint
+    from modeling_vit_custom.training.evaluation import ranks_in_sync, run_evaluation
+    from modeling_vit_custom.training.models import (
+        build_model,
+        classification_loss,
+        create_optimizer,
+        create_scheduler,
+        save_model_folder,
+        scaled_learning_rate,
+        steps_per_epoch,
+    )
+    from modeling_vit_custom.training.run_log import (
+        CURVES_FILE,
+        EVAL_EVENT,
+        METRICS_FILE,
+        RUN_CONFIG_FILE,
+        TRAIN_EVENT,
+        MetricsLog,
+        RunSummary,
+        plot_metrics,
+    )
+
+    logger = get_logger(__name__)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         # bf16 on GPU (no loss scaling needed); on CPU autocast is slower than fp32.
@@ -80,9 +79,8 @@ def main(argv: list[str] | None = None):
         splits = load_datasets(data_args, seed=args.seed)
     num_classes = len(splits.class_names)
     model, settings = build_model(model_args, splits.class_names)
-    num_channels = model.config.num_channels if hasattr(model, "config") else 3
     train_loader, eval_loader, train_sampler = build_dataloaders(
-        splits, settings, num_channels, aug_args, data_args, args, accelerator
+        splits, settings, aug_args, data_args, args, accelerator
     )
     mixup = build_mixup(aug_args, num_classes)
     # The loaders hand over uint8 images: normalized (and erased, in training) per batch on the device.
@@ -131,10 +129,7 @@ def main(argv: list[str] | None = None):
 
     run_config = {
         **to_jsonable(model_args, data_args, aug_args, args),
-        # The Hub name is only the source when no local one is given (the data loader's order).
-        "dataset_name": None
-        if data_args.dataset_path or data_args.train_dir or data_args.train_file
-        else data_args.dataset_name,
+        "dataset_name": data_args.hub_dataset_name,
         "num_processes": accelerator.num_processes,
         "global_batch_size": global_batch_size,
         "effective_learning_rate": lr,
@@ -143,14 +138,15 @@ def main(argv: list[str] | None = None):
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }
     if accelerator.is_main_process:
-        (output_dir / "run_config.json").write_text(json.dumps(run_config, indent=2))
+        (output_dir / RUN_CONFIG_FILE).write_text(json.dumps(run_config, indent=2))
     accelerator.init_trackers(
         "vit_custom",
         config={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in run_config.items()},
     )
-    metrics = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process)
+    metrics = MetricsLog(output_dir / METRICS_FILE, accelerator.is_main_process)
 
-    flops_per_image = forward_flops_per_image(accelerator.unwrap_model(model), settings, num_channels)
+    image = torch.zeros(1, settings.num_channels, settings.image_size, settings.image_size, device=accelerator.device)
+    flops_per_image = forward_flops_per_image(accelerator.unwrap_model(model), image)
     device_peak = peak_flops(accelerator.device)
 
     global_step, start_epoch, skip_batches, best_top1, best_step = 0, 0, 0, -1.0, 0
@@ -177,7 +173,7 @@ def main(argv: list[str] | None = None):
             return last_eval["result"]
         eval_model = ema.module if ema is not None else model
         result = run_evaluation(eval_model, eval_loader, eval_normalize, accelerator, prepared=not streaming)
-        metrics.write("eval", step=global_step, epoch=epoch, **result)
+        metrics.write(EVAL_EVENT, step=global_step, epoch=epoch, **result)
         accelerator.log(result, step=global_step)
         logger.info(
             f"step {global_step}: eval loss {result['eval_loss']:.4f}, top-1 {100 * result['eval_top1']:.2f}%, "
@@ -232,9 +228,9 @@ def main(argv: list[str] | None = None):
             if mixup is not None:
                 pixel_values, labels = mixup(pixel_values, labels)
             elif aug_args.label_smoothing > 0:
-                labels = mixup_target(labels, num_classes, smoothing=aug_args.label_smoothing)
+                labels = smooth_labels(labels, num_classes, aug_args.label_smoothing)
             with accelerator.accumulate(model):
-                loss = classification_loss(model_logits(model, pixel_values), labels)
+                loss = classification_loss(logits_of(model, pixel_values), labels)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -281,7 +277,7 @@ def main(argv: list[str] | None = None):
                 values = {"loss": loss_value, "lr": scheduler.get_last_lr()[0], "images_per_second": images_per_second}
                 if device_peak:
                     values["mfu"] = 3 * flops_per_image * images_per_second / (device_peak * accelerator.num_processes)
-                metrics.write("train", step=global_step, epoch=global_step / epoch_steps, **values)
+                metrics.write(TRAIN_EVENT, step=global_step, epoch=global_step / epoch_steps, **values)
                 accelerator.log(values, step=global_step)
                 progress.set_postfix(
                     loss=f"{loss_value:.4f}", lr=f"{values['lr']:.2e}", img_s=f"{images_per_second:.0f}"
@@ -314,25 +310,26 @@ def main(argv: list[str] | None = None):
     final_model = ema.module if ema is not None else model
     save_model_folder(accelerator, final_model, settings, output_dir / "final")
     runtime = time.perf_counter() - start_time
-    metrics.write(
-        "summary",
-        best_eval_top1=best_top1,
-        best_step=best_step,
-        final_eval_top1=result["eval_top1"],
-        final_eval_top5=result["eval_top5"],
-        train_runtime_s=runtime,
-        total_steps=global_step,
-        ranks_in_sync=in_sync,
+    metrics.write_summary(
+        RunSummary(
+            best_eval_top1=best_top1,
+            best_step=best_step,
+            final_eval_top1=result["eval_top1"],
+            final_eval_top5=result["eval_top5"],
+            train_runtime_s=runtime,
+            total_steps=global_step,
+            ranks_in_sync=in_sync,
+        )
     )
     accelerator.end_training()
     if accelerator.is_main_process:
-        plot_metrics(output_dir / "metrics.jsonl", output_dir / "training_curves.png")
+        plot_metrics(output_dir / METRICS_FILE, output_dir / CURVES_FILE)
         logger.info(
             f"Done in {runtime / 60:.1f} min: final top-1 {100 * result['eval_top1']:.2f}%, "
             f"best {100 * best_top1:.2f}%; model in {output_dir / 'final'}"
         )
         if args.push_to_hub:
-            from modeling_vit_custom.hub import push_run
+            from modeling_vit_custom.interop.hub import push_run
 
             push_run(output_dir / "final", output_dir, args.hub_model_id, private=args.hub_private)
 

@@ -13,23 +13,18 @@ import torch
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
-from modeling_vit_custom.benchmarking import (
-    METRIC_UNITS,
+from modeling_vit_custom.bench.compare import METRIC_UNITS, compare, load_eval_dataset, plot_ratios, top_k_accuracy
+from modeling_vit_custom.bench.harness import (
     Timing,
-    benchmark,
     build_pair,
-    compare,
     count_gflops,
     example_batch,
-    format_benchmark,
     interleaved_throughput,
-    load_eval_dataset,
     paired_ratio,
     peak_memory_mb,
-    plot_ratios,
-    top_k_accuracy,
-    write_json,
 )
+from modeling_vit_custom.bench.throughput import benchmark, format_benchmark
+from modeling_vit_custom.files import write_json
 
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4, "num_classes": 10}
 

@@ -14,7 +14,8 @@ from timm.models.vision_transformer import VisionTransformer
 from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification
 
 from modeling_vit_custom import ViTCustomForImageClassification
-from modeling_vit_custom.conversion import (
+from modeling_vit_custom.image_processing import PreprocessSettings
+from modeling_vit_custom.interop.timm_conversion import (
     build_timm_model,
     config_from_timm,
     convert_timm,
@@ -26,7 +27,6 @@ from modeling_vit_custom.conversion import (
     timm_to_ours_state_dict,
     to_timm,
 )
-from modeling_vit_custom.image_processing import PreprocessSettings
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TIMM = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4, "num_classes": 10}
@@ -144,7 +144,7 @@ def test_missing_and_extra_keys_are_listed(seed):
 
 def test_other_class_count_converts_backbone_and_leaves_head_new(seed, caplog):
     source = VisionTransformer(**TINY_TIMM).eval()
-    with caplog.at_level(logging.WARNING, logger="modeling_vit_custom.conversion"):
+    with caplog.at_level(logging.WARNING, logger="modeling_vit_custom.interop.timm_conversion"):
         ours = from_timm(source, num_labels=3)
     assert "head was left new" in caplog.text
     assert ours.head.weight.shape == (3, 64)

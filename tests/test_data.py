@@ -14,22 +14,19 @@ from huggingface_hub.errors import GatedRepoError
 from PIL import Image
 
 from modeling_vit_custom import ViTCustomConfig
-from modeling_vit_custom.data import (
-    FASHION_MNIST_CLASSES,
-    FASHION_MNIST_IDX_DIR,
-    DataArguments,
-    DatasetAccessError,
+from modeling_vit_custom.data.arguments import AugmentArguments, DataArguments
+from modeling_vit_custom.data.decoding import (
     ImageClassificationDataset,
     StreamingImageClassificationDataset,
     TooManyBadImages,
     check_bad_images,
     collate,
-    fashion_mnist_parquet,
-    load_datasets,
-    write_shrunk_parquet,
 )
+from modeling_vit_custom.data.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_IDX_DIR, fashion_mnist_parquet
+from modeling_vit_custom.data.prepare import write_shrunk_parquet
+from modeling_vit_custom.data.sources import DatasetAccessError, load_datasets
+from modeling_vit_custom.data.transforms import EvalTransform, build_train_transform
 from modeling_vit_custom.image_processing import PreprocessSettings
-from modeling_vit_custom.transforms import AugmentArguments, build_eval_transform, build_train_transform
 
 CLASSES = ["cat", "dog", "fox"]
 SETTINGS = PreprocessSettings(image_size=16, crop_pct=1.0, interpolation="bilinear", mean=(0.0,) * 3, std=(1.0,) * 3)
@@ -100,7 +97,7 @@ def source_arguments(root: Path, kind: str, streaming: bool = False) -> DataArgu
 
 
 def samples(hf_dataset, streaming: bool) -> list[tuple[int, int]]:
-    transform = build_eval_transform(SETTINGS, 3)
+    transform = EvalTransform(SETTINGS)
     if streaming:
         torch_dataset = StreamingImageClassificationDataset(hf_dataset, transform, shuffle=False)
     else:
@@ -183,8 +180,7 @@ def test_validation_carved_from_train_is_stratified_and_seeded(tmp_path):
 
     def values(split):
         return sorted(
-            identity(item["pixel_values"])
-            for item in ImageClassificationDataset(split, build_eval_transform(SETTINGS, 3))
+            identity(item["pixel_values"]) for item in ImageClassificationDataset(split, EvalTransform(SETTINGS))
         )
 
     assert values(first.validation) == values(again.validation)
@@ -296,11 +292,7 @@ def odd_images():
 def test_odd_images_pass_and_bad_ones_are_counted(odd_images, caplog, num_channels, training):
     hf_dataset, bad = odd_images
     settings = PreprocessSettings(image_size=32, mean=(0.5,) * num_channels, std=(0.5,) * num_channels)
-    transform = (
-        build_train_transform(settings, num_channels, AugmentArguments())
-        if training
-        else build_eval_transform(settings, num_channels)
-    )
+    transform = build_train_transform(settings, AugmentArguments()) if training else EvalTransform(settings)
     dataset = ImageClassificationDataset(hf_dataset, transform, max_bad_fraction=0.5)
     with caplog.at_level(logging.WARNING, logger="modeling_vit_custom.data"):
         items = [dataset[i] for i in range(len(dataset))] + [dataset[3]]
@@ -325,7 +317,7 @@ def test_odd_images_pass_and_bad_ones_are_counted(odd_images, caplog, num_channe
 
 def test_bad_counts_travel_through_a_dataloader_with_workers(odd_images):
     hf_dataset, bad = odd_images
-    dataset = ImageClassificationDataset(hf_dataset, build_eval_transform(PreprocessSettings(image_size=32), 3), 0.5)
+    dataset = ImageClassificationDataset(hf_dataset, EvalTransform(PreprocessSettings(image_size=32)), 0.5)
     loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=collate)
     batches = list(loader)
     assert sum(batch["replaced"] for batch in batches) == len(bad)
@@ -339,9 +331,7 @@ def test_bad_counts_travel_through_a_dataloader_with_workers(odd_images):
 def test_all_bad_images_stop_with_an_error():
     table = {"image": [{"bytes": b"junk", "path": None}] * 3, "label": [0, 0, 0]}
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["x"])})
-    dataset = ImageClassificationDataset(
-        datasets.Dataset.from_dict(table, features=features), build_eval_transform(SETTINGS, 3)
-    )
+    dataset = ImageClassificationDataset(datasets.Dataset.from_dict(table, features=features), EvalTransform(SETTINGS))
     with pytest.raises(TooManyBadImages, match="3 consecutive images from index 0 could not be decoded"):
         dataset[0]
 
@@ -350,7 +340,7 @@ def test_streaming_skips_bad_images_and_carries_the_count(odd_images):
     hf_dataset, bad = odd_images
     stream = hf_dataset.to_iterable_dataset(num_shards=1)
     dataset = StreamingImageClassificationDataset(
-        stream, build_eval_transform(PreprocessSettings(image_size=32), 3), shuffle=False
+        stream, EvalTransform(PreprocessSettings(image_size=32)), shuffle=False
     )
     items = list(dataset)
     assert [item["labels"] for item in items] == [i for i in range(len(hf_dataset)) if i not in bad]
@@ -384,7 +374,7 @@ def sharded_stream(tmp_path_factory):
 
 def epoch_labels(stream, rank: int, world_size: int, epoch: int, num_workers: int) -> list[int]:
     dataset = StreamingImageClassificationDataset(
-        stream, build_eval_transform(SETTINGS, 3), rank=rank, world_size=world_size, seed=3, shuffle_buffer_size=8
+        stream, EvalTransform(SETTINGS), rank=rank, world_size=world_size, seed=3, shuffle_buffer_size=8
     )
     dataset.set_epoch(epoch)
     loader = torch.utils.data.DataLoader(dataset, batch_size=5, num_workers=num_workers, collate_fn=collate)
@@ -409,9 +399,9 @@ def test_two_process_streaming_covers_every_sample_once_per_epoch(sharded_stream
 
 def test_shard_worker_mismatch_warns(sharded_stream, caplog):
     with caplog.at_level(logging.WARNING, logger="modeling_vit_custom.data"):
-        uneven = StreamingImageClassificationDataset(sharded_stream, build_eval_transform(SETTINGS, 3), world_size=3)
+        uneven = StreamingImageClassificationDataset(sharded_stream, EvalTransform(SETTINGS), world_size=3)
         assert "4 shards, not a multiple of 3 processes" in caplog.text
-        dataset = StreamingImageClassificationDataset(sharded_stream, build_eval_transform(SETTINGS, 3), world_size=2)
+        dataset = StreamingImageClassificationDataset(sharded_stream, EvalTransform(SETTINGS), world_size=2)
         assert dataset.check_workers(2)
         assert not dataset.check_workers(3)
     assert "2 shards per process for 2 processes x 3 DataLoader workers: some workers get no data" in caplog.text

@@ -18,10 +18,11 @@ from launch import CLASSES, TINY, run, train_command, write_split
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor
 
-from modeling_vit_custom import ViTCustomConfig, ViTCustomForImageClassification, hub
+from modeling_vit_custom import ViTCustomConfig, ViTCustomForImageClassification
 from modeling_vit_custom.configuration_vit_custom import AUTO_MAP
 from modeling_vit_custom.image_processing import PreprocessSettings
-from modeling_vit_custom.training import read_metrics
+from modeling_vit_custom.interop import card, hub
+from modeling_vit_custom.training.run_log import read_metrics, read_run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -295,7 +296,7 @@ def test_converted_card_says_where_the_weights_came_from(tmp_path):
 def test_plain_saved_model_gets_default_preprocessing_and_says_so(tmp_path, caplog):
     model_dir = tmp_path / "plain"
     save_model(model_dir, seed=3, preprocessor=False)
-    with caplog.at_level(logging.WARNING, logger="modeling_vit_custom.hub"):
+    with caplog.at_level(logging.WARNING, logger="modeling_vit_custom.interop.hub"):
         folder = hub.build_folder(model_dir, tmp_path / "repo", repo_id="someone/plain")
     assert "has no preprocessor_config.json" in caplog.text
     processor_config = json.loads((folder / "preprocessor_config.json").read_text())
@@ -402,7 +403,7 @@ def test_bad_inputs_name_the_problem(run_dir, tmp_path, exported):
     first_line = (run_dir / "metrics.jsonl").read_text().splitlines()[0]
     (bad_run / "metrics.jsonl").write_text(first_line + "\n{not json\n")
     with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: expected a JSON object, got '\{not json'"):
-        hub.read_run(bad_run)
+        read_run(bad_run)
 
     pickled = tmp_path / "pickled"
     save_model(pickled, seed=0)
@@ -426,7 +427,7 @@ def test_run_without_summary_reports_its_last_evaluation(run_dir, tmp_path):
     lines = (run_dir / "metrics.jsonl").read_text().splitlines(keepends=True)
     cut = next(i for i, line in enumerate(lines) if json.loads(line) == events(run_dir, "eval")[3]) + 1
     (interrupted / "metrics.jsonl").write_text("".join(lines[:cut]))
-    run = hub.read_run(interrupted)
+    run = read_run(interrupted)
     assert run.config == {} and run.curves is None and run.summary is None
     last = events(run_dir, "eval")[3]
     assert last["step"] == 15  # evaluations at 5, 10, 12 (end of epoch 1), 15, ...
@@ -453,5 +454,5 @@ def test_sharded_weights_are_exported_whole_and_other_safetensors_left_out(tmp_p
     assert exported == (EXPECTED_FILES - {"training_curves.png", "model.safetensors"}) | set(shards) | {
         "model.safetensors.index.json"
     }
-    assert hub.count_parameters(folder) == sum(p.numel() for p in model.parameters()) == 81_226
+    assert card.count_parameters(folder) == sum(p.numel() for p in model.parameters()) == 81_226
     assert "| Parameters | 81,226 |" in (folder / "README.md").read_text()

@@ -15,15 +15,10 @@ import torch
 from launch import ROOT, TINY, environment, run, train_command, write_split
 from safetensors.torch import load_file
 
-from modeling_vit_custom.training import (
-    TRAINING_STATE,
-    EpochSampler,
-    SeededSamples,
-    list_checkpoints,
-    parse_config_overrides,
-    read_metrics,
-    resolve_checkpoint,
-)
+from modeling_vit_custom.data.sampling import EpochSampler, SeededSamples
+from modeling_vit_custom.training.arguments import parse_config_overrides
+from modeling_vit_custom.training.checkpoints import TRAINING_STATE, list_checkpoints, resolve_checkpoint
+from modeling_vit_custom.training.run_log import read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +108,7 @@ def test_two_processes_sync_gradients_and_count_every_sample(single_run, image_f
         json_path = tmp_path / f"eval_{processes}.json"
         command = train_command(image_folders, out, processes=processes)
         launch = command[: command.index(str(ROOT / "scripts/train.py"))]
-        run([*launch, str(ROOT / "scripts/evaluate.py"), "--model_name_or_path", str(out / "final"),
+        run([*launch, str(ROOT / "scripts/evaluate_model.py"), "--model_name_or_path", str(out / "final"),
              "--validation_dir", str(image_folders[1]), "--per_device_eval_batch_size", "8", "--num_workers", "0",
              "--output_json", str(json_path)])  # fmt: skip
         results.append(json.loads(json_path.read_text()))

@@ -11,16 +11,16 @@ from timm.data.auto_augment import RandAugment
 from timm.data.random_erasing import RandomErasing
 from torchvision.transforms.v2 import functional as F
 
-from modeling_vit_custom.image_processing import PreprocessSettings
-from modeling_vit_custom.transforms import (
-    AugmentArguments,
+from modeling_vit_custom.data.arguments import AugmentArguments
+from modeling_vit_custom.data.transforms import (
+    EvalTransform,
     Normalize,
-    build_eval_transform,
     build_mixup,
     build_timm_eval_transform,
     build_train_transform,
     smooth_labels,
 )
+from modeling_vit_custom.image_processing import PreprocessSettings
 
 ONE_LEVEL = 2 / 255  # one intensity level after normalizing with std 0.5
 
@@ -55,19 +55,19 @@ SETTINGS = [
 @pytest.mark.parametrize("size", [(500, 375), (375, 500), (37, 91)])
 def test_exact_eval_transform_equals_timm(settings, size):
     image = natural_image(*size)
-    exact = build_eval_transform(settings, 3, exact=True)
+    exact = EvalTransform(settings, exact=True)
     ours = exact(image.copy())
     assert ours.shape == (3, settings.image_size, settings.image_size) and ours.dtype == torch.uint8
-    assert torch.equal(normalized(exact, image.copy(), settings), build_timm_eval_transform(settings, 3)(image.copy()))
+    assert torch.equal(normalized(exact, image.copy(), settings), build_timm_eval_transform(settings)(image.copy()))
     # A JPEG goes through the same decode on both sides when exact.
-    assert torch.equal(normalized(exact, jpeg(image), settings), build_timm_eval_transform(settings, 3)(jpeg(image)))
+    assert torch.equal(normalized(exact, jpeg(image), settings), build_timm_eval_transform(settings)(jpeg(image)))
 
 
 @pytest.mark.parametrize("settings", SETTINGS, ids=["b16-224", "32-bilinear", "48-crop1"])
 def test_fast_eval_transform_within_one_level_of_timm(settings):
     image = natural_image(500, 375, seed=1)
-    fast = normalized(build_eval_transform(settings, 3), image.copy(), settings)
-    reference = build_timm_eval_transform(settings, 3)(image.copy())
+    fast = normalized(EvalTransform(settings), image.copy(), settings)
+    reference = build_timm_eval_transform(settings)(image.copy())
     # torch's uint8 resize rounds differently from Pillow's: a few pixels one intensity level apart.
     difference = (fast - reference).abs()
     assert difference.max().item() <= ONE_LEVEL / min(settings.std) * 0.5 + 1e-6
@@ -75,24 +75,24 @@ def test_fast_eval_transform_within_one_level_of_timm(settings):
     # Interpolations torch cannot resize on uint8 go through Pillow, as in timm.
     lanczos = PreprocessSettings(image_size=32, interpolation="lanczos")
     assert torch.equal(
-        normalized(build_eval_transform(lanczos, 3), image.copy(), lanczos),
-        build_timm_eval_transform(lanczos, 3)(image.copy()),
+        normalized(EvalTransform(lanczos), image.copy(), lanczos),
+        build_timm_eval_transform(lanczos)(image.copy()),
     )
 
 
 def test_jpeg_draft_only_for_large_images_and_close_to_timm():
     settings = PreprocessSettings()
-    transform = build_eval_transform(settings, 3)
+    transform = EvalTransform(settings)
     # 500x375 is below twice the resize size (248): decoded at full scale, so only resize rounding differs.
     small = jpeg(natural_image(500, 375))
-    reference = build_timm_eval_transform(settings, 3)(jpeg(natural_image(500, 375)))
+    reference = build_timm_eval_transform(settings)(jpeg(natural_image(500, 375)))
     assert (normalized(transform, small, settings) - reference).abs().max() <= ONE_LEVEL + 1e-6
     large_image = natural_image(2048, 1536, seed=2)
     large = jpeg(large_image)
     transform(large)
     assert large.size == (1024, 768)  # decoded at scale 1/2, still >= 2 x 248 on the short side
     difference = (
-        normalized(transform, jpeg(large_image), settings) - build_timm_eval_transform(settings, 3)(jpeg(large_image))
+        normalized(transform, jpeg(large_image), settings) - build_timm_eval_transform(settings)(jpeg(large_image))
     ).abs()
     assert difference.mean().item() < 0.01
     assert difference.max().item() < 0.1
@@ -109,7 +109,7 @@ def encoded(image: Image.Image, format: str = "JPEG", **options) -> bytes:
 @pytest.mark.parametrize("num_channels", [1, 3])
 def test_decode_gives_pillows_pixels(mode, options, num_channels):
     settings = PreprocessSettings(mean=(0.5,) * num_channels, std=(0.5,) * num_channels)
-    transform = build_eval_transform(settings, num_channels)
+    transform = EvalTransform(settings)
     data = encoded(natural_image(203, 151).convert(mode), quality=90, **options)
     decoded = transform.decode(data)
     # libjpeg's conversions match Pillow's except RGB -> L (luma from YCbCr, not from rounded RGB): Pillow does that.
@@ -123,13 +123,13 @@ def test_decode_gives_pillows_pixels(mode, options, num_channels):
 
 def test_decode_falls_back_to_pillow():
     settings = PreprocessSettings()
-    transform = build_eval_transform(settings, 3)
+    transform = EvalTransform(settings)
     image = natural_image(203, 151)
     png = transform.decode(encoded(image, "PNG"))
     assert isinstance(png, Image.Image) and png.tobytes() == image.tobytes()
     large = transform.decode(encoded(natural_image(2048, 1536)))
     assert isinstance(large, Image.Image) and large.size == (1024, 768)  # Pillow's reduced DCT scale
-    exact = build_eval_transform(settings, 3, exact=True).decode(encoded(image))
+    exact = EvalTransform(settings, exact=True).decode(encoded(image))
     assert isinstance(exact, Image.Image) and exact.size == (203, 151)
     # A truncated JPEG is refused by libjpeg through TorchCodec, then Pillow names the error.
     with pytest.raises(OSError, match="truncated"):
@@ -143,8 +143,8 @@ def test_transforms_accept_every_mode(mode, num_channels):
     image = natural_image(40, 30).convert(mode)
     aug = AugmentArguments()
     for transform in (
-        build_eval_transform(settings, num_channels),
-        build_train_transform(settings, num_channels, aug),
+        EvalTransform(settings),
+        build_train_transform(settings, aug),
     ):
         out = transform(image.copy())
         assert out.shape == (num_channels, 32, 32) and out.dtype == torch.uint8
@@ -153,28 +153,26 @@ def test_transforms_accept_every_mode(mode, num_channels):
 def test_grayscale_model_gets_luma():
     settings = PreprocessSettings(image_size=32, crop_pct=1.0, mean=(0.0,), std=(1.0,))
     image = Image.new("RGB", (32, 32), (255, 0, 0))
-    out = build_eval_transform(settings, 1)(image)
+    out = EvalTransform(settings)(image)
     # ITU-R 601-2 luma of pure red: 299/1000 * 255 = 76.
     assert torch.equal(out, torch.full((1, 32, 32), 76, dtype=torch.uint8))
 
 
-def test_channel_mismatch_is_an_error():
-    with pytest.raises(ValueError, match="expected 1 values .* got 3"):
-        build_eval_transform(PreprocessSettings(), 1)
+def test_channel_count_other_than_1_or_3_is_an_error():
     with pytest.raises(ValueError, match="num_channels: expected 1 or 3, got 4"):
-        build_eval_transform(PreprocessSettings(mean=(0.5,) * 4, std=(0.5,) * 4), 4)
+        EvalTransform(PreprocessSettings(mean=(0.5,) * 4, std=(0.5,) * 4))
 
 
 def test_train_transform_pieces_switch():
     settings = PreprocessSettings(image_size=32)
-    full = build_train_transform(settings, 3, AugmentArguments())
+    full = build_train_transform(settings, AugmentArguments())
     kinds = [type(t) for t in full.transforms[1].transforms]
     # Random erasing works on normalized values: `Normalize` applies it per batch.
     assert RandAugment in kinds and RandomErasing not in kinds
-    bare = build_train_transform(settings, 3, AugmentArguments(randaugment="", random_erasing=0.0, hflip=0.0))
+    bare = build_train_transform(settings, AugmentArguments(randaugment="", random_erasing=0.0, hflip=0.0))
     kinds = [type(t).__name__ for t in bare.transforms[1].transforms]
     assert kinds == ["RandomResizedCropAndInterpolation", "MaybePILToTensor"]
-    jitter = build_train_transform(settings, 3, AugmentArguments(randaugment=None, color_jitter=0.4))
+    jitter = build_train_transform(settings, AugmentArguments(randaugment=None, color_jitter=0.4))
     assert "ColorJitter" in [type(t).__name__ for t in jitter.transforms[1].transforms]
 
 
@@ -183,9 +181,9 @@ def test_train_crop_scale_one_with_no_aug_is_a_resize_of_a_centered_square():
     aug = AugmentArguments(train_crop_scale=(1.0, 1.0), randaugment=None, random_erasing=0.0, hflip=0.0)
     image = natural_image(64, 64)
     torch.manual_seed(0)
-    outs = [normalized(build_train_transform(settings, 3, aug), image.copy(), settings) for _ in range(3)]
+    outs = [normalized(build_train_transform(settings, aug), image.copy(), settings) for _ in range(3)]
     # Scale 1 on a square image leaves only the aspect ratio random, and a full-area crop of a square is the square.
-    expected = build_timm_eval_transform(PreprocessSettings(image_size=32, crop_pct=1.0, interpolation="bilinear"), 3)(
+    expected = build_timm_eval_transform(PreprocessSettings(image_size=32, crop_pct=1.0, interpolation="bilinear"))(
         image.copy()
     )
     for out in outs:
@@ -194,7 +192,7 @@ def test_train_crop_scale_one_with_no_aug_is_a_resize_of_a_centered_square():
 
 def test_train_transform_is_random():
     settings = PreprocessSettings(image_size=32)
-    transform = build_train_transform(settings, 3, AugmentArguments())
+    transform = build_train_transform(settings, AugmentArguments())
     image = natural_image(64, 48)
     torch.manual_seed(0)
     a, b = transform(image.copy()).float(), transform(image.copy()).float()
@@ -231,7 +229,7 @@ def test_mixup_and_label_smoothing():
 
 
 def test_randaugment_posterize_to_zero_bits_gives_black():
-    transform = build_train_transform(PreprocessSettings(image_size=32), 3, AugmentArguments())
+    transform = build_train_transform(PreprocessSettings(image_size=32), AugmentArguments())
     randaugment = next(t for t in transform.transforms[1].transforms if isinstance(t, RandAugment))
     posterize_ops = [op for op in randaugment.ops if op.name.startswith("Posterize")]
     assert posterize_ops

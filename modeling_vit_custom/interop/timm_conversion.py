@@ -4,8 +4,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -16,9 +14,10 @@ from timm.layers import Attention, Mlp, PatchEmbed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from .configuration_vit_custom import ViTCustomConfig
-from .image_processing import INTERPOLATIONS, PreprocessSettings
-from .modeling_vit_custom import ViTCustomForImageClassification
+from .. import ViTCustomConfig, ViTCustomForImageClassification
+from ..files import check_output_folder, replacing
+from ..image_processing import INTERPOLATIONS, PreprocessSettings
+from .models import logits_of
 
 logger = logging.getLogger(__name__)
 
@@ -487,37 +486,20 @@ def save_converted(
     record: dict,
     overwrite: bool = False,
 ) -> Path:
-    """Writes the self-contained folder (config, code, safetensors, image processor, conversion.json) under a
-    temporary name and renames it into place when complete."""
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"output_dir: expected a folder, got the file {output_dir}")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise ValueError(f"output_dir: expected an empty or new folder, got non-empty {output_dir} (pass overwrite)")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the renamed folder is an ordinary, shareable one
-    try:
+    """Writes the self-contained folder (config, code, safetensors, image processor, conversion.json) whole or not
+    at all."""
+    output_dir = check_output_folder(output_dir, overwrite)
+    with replacing(output_dir, folder=True) as staging:
         model.save_pretrained(staging)
         image_processor.save_pretrained(staging)
         (staging / CONVERSION_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return output_dir
 
 
 @torch.no_grad()
 def max_abs_logit_diff(a: nn.Module, b: nn.Module, pixel_values: torch.Tensor) -> float:
     """Largest |logit difference| of two classifiers (ours or timm) on the same input, both in eval mode."""
-
-    def logits(model):
-        out = model(pixel_values)
-        return out.logits if hasattr(out, "logits") else out
-
-    return (logits(a.eval()).float() - logits(b.eval()).float()).abs().max().item()
+    return (logits_of(a.eval(), pixel_values).float() - logits_of(b.eval(), pixel_values).float()).abs().max().item()
 
 
 def convert_timm(

@@ -1,29 +1,18 @@
 """Evaluate a saved model folder, a converted checkpoint or `timm:<name>` on a dataset split (timm's validate.py).
 
-    accelerate launch scripts/evaluate.py --model_name_or_path runs/quickstart/final --dataset_name fashion_mnist
-    accelerate launch scripts/evaluate.py --model timm:vit_base_patch16_224 --checkpoint weights.safetensors \
+    accelerate launch scripts/evaluate_model.py --model_name_or_path runs/quickstart/final --dataset_name fashion_mnist
+    accelerate launch scripts/evaluate_model.py --model timm:vit_base_patch16_224 --checkpoint weights.safetensors \
         --validation_dir /data/imagenet/val
 """
 
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from accelerate import Accelerator
-from accelerate.logging import get_logger
-
-# The repository root instead of scripts/, where evaluate.py would shadow the `evaluate` library.
-sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from modeling_vit_custom.data import DataArguments, load_datasets  # noqa: E402
-from modeling_vit_custom.training import ModelArguments, load_for_evaluation, parse_args, run_evaluation  # noqa: E402
-from modeling_vit_custom.transforms import Normalize, build_eval_transform  # noqa: E402
-
-logger = get_logger(__name__)
+from modeling_vit_custom.data.arguments import DataArguments
+from modeling_vit_custom.training.arguments import ModelArguments, parse_args
 
 
 @dataclass
@@ -38,25 +27,32 @@ class EvalArguments:
 
 def main(argv: list[str] | None = None):
     model_args, data_args, args = parse_args((ModelArguments, DataArguments, EvalArguments), argv)
+    if data_args.streaming:
+        raise ValueError(
+            "--streaming: evaluate_model.py reads the split with random access; run it without --streaming"
+        )
+    import torch
+    from accelerate import Accelerator
+
+    from modeling_vit_custom.data.decoding import ImageClassificationDataset, collate
+    from modeling_vit_custom.data.sources import load_datasets
+    from modeling_vit_custom.data.transforms import EvalTransform, Normalize
+    from modeling_vit_custom.interop.models import num_classes_of
+    from modeling_vit_custom.training.evaluation import run_evaluation
+    from modeling_vit_custom.training.models import load_for_evaluation
+
     accelerator = Accelerator(mixed_precision=args.mixed_precision or ("bf16" if torch.cuda.is_available() else "no"))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    from modeling_vit_custom.data import ImageClassificationDataset, collate
-
-    if data_args.streaming:
-        raise ValueError("--streaming: evaluate.py reads the split with random access; run it without --streaming")
     with accelerator.main_process_first():
         splits = load_datasets(data_args, seed=args.seed, split="validation")
     model, settings = load_for_evaluation(model_args, args.checkpoint)
-    num_classes = model.config.num_labels if hasattr(model, "config") else model.num_classes
+    num_classes = num_classes_of(model)
     if num_classes != len(splits.class_names):
         raise ValueError(
             f"The model predicts {num_classes} classes, the dataset has {len(splits.class_names)}: "
             "evaluate on the dataset the model was trained for"
         )
-    num_channels = model.config.num_channels if hasattr(model, "config") else 3
-    dataset = ImageClassificationDataset(
-        splits.validation, build_eval_transform(settings, num_channels), data_args.max_bad_image_fraction
-    )
+    dataset = ImageClassificationDataset(splits.validation, EvalTransform(settings), data_args.max_bad_image_fraction)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=args.per_device_eval_batch_size,

@@ -3,7 +3,6 @@
 import io
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
@@ -15,7 +14,8 @@ from torchcodec.decoders import decode_jpeg
 from torchvision import transforms as T
 from torchvision.transforms.v2 import functional as F
 
-from .image_processing import PreprocessSettings
+from ..image_processing import PreprocessSettings
+from .arguments import AugmentArguments
 
 # A JPEG is decoded at a reduced DCT scale only down to twice the resize size, so the bicubic filter, not the DCT
 # scaling, does most of the downsampling (the reducing_gap that Pillow's thumbnail() uses).
@@ -24,54 +24,10 @@ DRAFT_MARGIN = 2.0
 TENSOR_INTERPOLATIONS = ("bilinear", "bicubic")
 
 
-@dataclass
-class AugmentArguments:
-    """Training augmentation (timm's `create_transform` and `Mixup`); every piece is off at 0 / None / ""."""
-
-    # A list so that it parses as a command-line flag (`--train_crop_scale 0.08 1.0`); stored as a tuple.
-    train_crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-    hflip: float = 0.5
-    randaugment: str | None = "rand-m9-mstd0.5-inc1"
-    # timm ignores color jitter when RandAugment is on, as DeiT does.
-    color_jitter: float | None = None
-    random_erasing: float = 0.25
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    label_smoothing: float = 0.0
-
-    def __post_init__(self):
-        self.train_crop_scale = tuple(float(s) for s in self.train_crop_scale)
-        low_high = self.train_crop_scale
-        if len(low_high) != 2 or not 0.0 < low_high[0] <= low_high[1] <= 1.0:
-            raise ValueError(f"train_crop_scale: expected (low, high) with 0 < low <= high <= 1, got {low_high}")
-        for name in ("hflip", "random_erasing", "label_smoothing"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name}: expected a probability in [0, 1], got {value!r}")
-        for name in ("mixup", "cutmix"):
-            if getattr(self, name) < 0:
-                raise ValueError(
-                    f"{name}: expected a non-negative Beta alpha (0 disables), got {getattr(self, name)!r}"
-                )
-        if self.randaugment and not self.randaugment.startswith("rand"):
-            raise ValueError(
-                f"randaugment: expected a timm RandAugment string such as 'rand-m9-mstd0.5-inc1', got "
-                f"{self.randaugment!r}"
-            )
-
-
 def _image_mode(num_channels: int) -> str:
     if num_channels not in (1, 3):
         raise ValueError(f"num_channels: expected 1 or 3, got {num_channels}")
     return "L" if num_channels == 1 else "RGB"
-
-
-def _check_settings(settings: PreprocessSettings, num_channels: int) -> None:
-    if len(settings.mean) != num_channels:
-        raise ValueError(
-            f"PreprocessSettings.mean/std: expected {num_channels} values (the model's num_channels), "
-            f"got {len(settings.mean)}"
-        )
 
 
 def convert_image(image: Image.Image, mode: str) -> Image.Image:
@@ -113,9 +69,8 @@ class EvalTransform:
     batch.
     """
 
-    def __init__(self, settings: PreprocessSettings, num_channels: int, exact: bool = False):
-        _check_settings(settings, num_channels)
-        self.mode = _image_mode(num_channels)
+    def __init__(self, settings: PreprocessSettings, exact: bool = False):
+        self.mode = _image_mode(settings.num_channels)
         self.size = settings.image_size
         self.scale_size = math.floor(settings.image_size / settings.crop_pct)
         self.interpolation = T.InterpolationMode(settings.interpolation)
@@ -191,20 +146,10 @@ class Normalize:
         return self.eraser(batch)
 
 
-def build_eval_transform(
-    settings: PreprocessSettings, num_channels: int, exact: bool = False
-) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL image -> (C, S, S) uint8 tensor: timm's eval transform for the same settings before `Normalize` (see
-    `EvalTransform`)."""
-    return EvalTransform(settings, num_channels, exact=exact)
-
-
-def build_timm_eval_transform(
-    settings: PreprocessSettings, num_channels: int
-) -> Callable[[Image.Image], torch.Tensor]:
+def build_timm_eval_transform(settings: PreprocessSettings) -> Callable[[Image.Image], torch.Tensor]:
     """The reference: timm's own eval transform after the mode conversion, normalized float output (slower, used by
     tests and benchmarks)."""
-    _check_settings(settings, num_channels)
+    num_channels = settings.num_channels
     timm_transform = create_transform(
         input_size=(num_channels, settings.image_size, settings.image_size),
         is_training=False,
@@ -217,11 +162,11 @@ def build_timm_eval_transform(
 
 
 def build_train_transform(
-    settings: PreprocessSettings, num_channels: int, aug: AugmentArguments
+    settings: PreprocessSettings, aug: AugmentArguments
 ) -> Callable[[Image.Image], torch.Tensor]:
     """PIL image -> (C, S, S) uint8 tensor: timm's RandomResizedCrop, flip, RandAugment and color jitter, built with
     timm's `use_prefetcher=True`: normalization and random erasing happen per batch in `Normalize`."""
-    _check_settings(settings, num_channels)
+    num_channels = settings.num_channels
     timm_transform = create_transform(
         input_size=(num_channels, settings.image_size, settings.image_size),
         is_training=True,

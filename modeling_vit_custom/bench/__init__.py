@@ -1,0 +1,1 @@
+"""Measurement against timm: the timing, FLOP and memory harness, and the reports the benchmark scripts print."""

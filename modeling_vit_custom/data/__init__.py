@@ -1,0 +1,1 @@
+"""Where the images come from and how they become batches: sources, decoding, transforms, sampling, loaders."""

@@ -1,0 +1,51 @@
+"""Train and eval DataLoaders that decode in workers, for map-style and streaming splits."""
+
+import torch
+
+from ..image_processing import PreprocessSettings
+from .decoding import ImageClassificationDataset, StreamingImageClassificationDataset, collate
+from .sampling import EpochSampler, SeededSamples
+from .transforms import EvalTransform, build_train_transform
+
+
+def build_dataloaders(splits, settings: PreprocessSettings, aug_args, data_args, args, accelerator):
+    """Train and eval DataLoaders that decode in workers; returns (train, eval, the object that takes set_epoch)."""
+    train_transform = build_train_transform(settings, aug_args)
+    eval_transform = EvalTransform(settings)
+    workers = args.num_workers
+    common = {
+        "num_workers": workers,
+        "collate_fn": collate,
+        "pin_memory": torch.cuda.is_available(),
+        "persistent_workers": workers > 0,
+        "prefetch_factor": 4 if workers else None,
+    }
+    max_bad = data_args.max_bad_image_fraction
+    if data_args.streaming:
+        rank, world = accelerator.process_index, accelerator.num_processes
+        train = StreamingImageClassificationDataset(
+            splits.train, train_transform, rank=rank, world_size=world, seed=args.seed, max_bad_fraction=max_bad
+        )
+        train.check_workers(workers)
+        evaluation = StreamingImageClassificationDataset(
+            splits.validation, eval_transform, rank=rank, world_size=world, shuffle=False, max_bad_fraction=max_bad
+        )
+        train_loader = torch.utils.data.DataLoader(
+            train, batch_size=args.per_device_train_batch_size, drop_last=True, **common
+        )
+        epoch_source = train
+    else:
+        train = ImageClassificationDataset(splits.train, train_transform, max_bad_fraction=max_bad)
+        evaluation = ImageClassificationDataset(splits.validation, eval_transform, max_bad_fraction=max_bad)
+        epoch_source = EpochSampler(len(train), seed=args.seed)
+        train_loader = torch.utils.data.DataLoader(
+            SeededSamples(train, args.seed),
+            batch_size=args.per_device_train_batch_size,
+            sampler=epoch_source,
+            drop_last=True,  # mixup and cutmix pair samples within a batch, and an odd last batch cannot be paired
+            # Worker seeds come from this generator, not from the global RNG that dropout and mixup use.
+            generator=torch.Generator().manual_seed(args.seed),
+            **common,
+        )
+    eval_loader = torch.utils.data.DataLoader(evaluation, batch_size=args.per_device_eval_batch_size, **common)
+    return train_loader, eval_loader, epoch_source

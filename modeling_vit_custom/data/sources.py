@@ -1,0 +1,234 @@
+"""Image-classification splits through `datasets`: the Hub, an imagefolder, parquet/arrow files or a saved dataset,
+with their image and label columns found and named "image" and "label"."""
+
+import glob
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+from .arguments import DataArguments
+from .fashion_mnist import FASHION_MNIST_ALIASES, FASHION_MNIST_HUB_NAME, FASHION_MNIST_IDX_DIR, fashion_mnist_parquet
+
+logger = logging.getLogger(__name__)
+
+IMAGE_COLUMN_CANDIDATES = ("image", "img")
+LABEL_COLUMN_CANDIDATES = ("label", "labels")
+
+
+@dataclass
+class DatasetSplits:
+    """Train and validation splits with columns "image" (datasets.Image) and "label" (ClassLabel), and the classes.
+    `train` is None when only the validation split was asked for."""
+
+    train: datasets.Dataset | datasets.IterableDataset | None
+    validation: datasets.Dataset | datasets.IterableDataset
+    class_names: list[str]
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.class_names))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.class_names)}
+
+
+class DatasetAccessError(RuntimeError):
+    """The Hub refused or could not find a dataset (gated, private, missing, or no network)."""
+
+
+def _access_error(name: str, error: Exception) -> DatasetAccessError:
+    url = f"https://huggingface.co/datasets/{name}"
+    if isinstance(error, ConnectionError):
+        return DatasetAccessError(
+            f"Could not reach the Hub dataset {name!r} ({error}). Check the network and that HF_HUB_OFFLINE / "
+            "HF_DATASETS_OFFLINE are unset, or point --train_dir, --train_file or --dataset_path at a local copy."
+        )
+    return DatasetAccessError(
+        f"Cannot access the Hub dataset {name!r} ({error.__class__.__name__}: {error}). If it is gated, as "
+        f"ILSVRC/imagenet-1k is, accept its terms at {url} while logged in, then run `hf auth login` (or set "
+        "HF_TOKEN) on this machine. Or point --train_dir, --train_file or --dataset_path at a local copy."
+    )
+
+
+def _load_hub(name: str, args: DataArguments) -> datasets.DatasetDict | datasets.IterableDatasetDict:
+    try:
+        return datasets.load_dataset(
+            name, args.dataset_config_name, cache_dir=args.cache_dir, streaming=args.streaming
+        )
+    except (GatedRepoError, RepositoryNotFoundError, datasets.exceptions.DatasetNotFoundError, ConnectionError) as e:
+        raise _access_error(name, e) from e
+    except HfHubHTTPError as e:
+        if e.response is not None and e.response.status_code in (401, 403):
+            raise _access_error(name, e) from e
+        raise
+
+
+def _file_builder(pattern: str) -> str:
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"{pattern}: no file matches")
+    extensions = {Path(f).suffix for f in files}
+    if extensions == {".parquet"}:
+        return "parquet"
+    if extensions == {".arrow"}:
+        return "arrow"
+    raise ValueError(f"{pattern}: expected .parquet or .arrow files, got {sorted(extensions)}")
+
+
+def _load_raw(args: DataArguments, include_train: bool = True) -> datasets.DatasetDict | datasets.IterableDatasetDict:
+    if args.source == "dataset_path":
+        raw = datasets.load_from_disk(args.dataset_path)
+        if not isinstance(raw, datasets.DatasetDict):
+            raise ValueError(
+                f"{args.dataset_path}: expected a DatasetDict saved with save_to_disk, got a single Dataset"
+            )
+        if args.streaming:
+            # One shard per arrow file lets split_dataset_by_node and DataLoader workers split by shard.
+            raw = datasets.IterableDatasetDict(
+                {split: ds.to_iterable_dataset(num_shards=max(1, len(ds.cache_files))) for split, ds in raw.items()}
+            )
+        return raw
+    if args.source == "dirs":
+        data_files = {}
+        if args.train_dir and (include_train or not args.validation_dir):
+            data_files[args.train_split] = os.path.join(args.train_dir, "**")
+        elif include_train:
+            raise ValueError("train_dir: expected a folder of training images next to validation_dir, got none")
+        if args.validation_dir:
+            data_files[args.validation_split] = os.path.join(args.validation_dir, "**")
+        return datasets.load_dataset(
+            "imagefolder", data_files=data_files, cache_dir=args.cache_dir, streaming=args.streaming
+        )
+    if args.source == "files":
+        data_files, builders = {}, set()
+        if args.train_file and (include_train or not args.validation_file):
+            data_files[args.train_split] = sorted(glob.glob(args.train_file))
+            builders.add(_file_builder(args.train_file))
+        elif include_train:
+            raise ValueError("train_file: expected parquet or arrow training files next to validation_file, got none")
+        if args.validation_file:
+            data_files[args.validation_split] = sorted(glob.glob(args.validation_file))
+            builders.add(_file_builder(args.validation_file))
+        if len(builders) > 1:
+            raise ValueError(
+                f"train_file and validation_file: expected the same format, got {args.train_file} and "
+                f"{args.validation_file}"
+            )
+        return datasets.load_dataset(
+            builders.pop(), data_files=data_files, cache_dir=args.cache_dir, streaming=args.streaming
+        )
+    if args.dataset_name in FASHION_MNIST_ALIASES and (FASHION_MNIST_IDX_DIR / "train-images-idx3-ubyte.gz").exists():
+        files = fashion_mnist_parquet(os.path.join(args.cache_dir, "fashion_mnist") if args.cache_dir else None)
+        return datasets.load_dataset("parquet", data_files=files, cache_dir=args.cache_dir, streaming=args.streaming)
+    name = FASHION_MNIST_HUB_NAME if args.dataset_name == "fashion_mnist" else args.dataset_name
+    return _load_hub(name, args)
+
+
+def _pick_column(columns: list[str], requested: str | None, candidates: tuple[str, ...], what: str) -> str:
+    if requested is not None:
+        if requested not in columns:
+            raise ValueError(f"{what}_column_name: expected one of the dataset's columns {columns}, got {requested!r}")
+        return requested
+    for name in candidates:
+        if name in columns:
+            return name
+    raise ValueError(
+        f"{what}_column_name: no column named {' or '.join(candidates)} among {columns}; pass --{what}_column_name"
+    )
+
+
+def _standardize(ds, args: DataArguments, split: str):
+    """Keep the image and label columns, named "image" and "label"."""
+    features = ds.features
+    if features is None:
+        raise ValueError(f"split {split!r}: the source gives no features (column types); cannot find image and label")
+    columns = list(features)
+    image_column = _pick_column(columns, args.image_column_name, IMAGE_COLUMN_CANDIDATES, "image")
+    label_column = _pick_column(columns, args.label_column_name, LABEL_COLUMN_CANDIDATES, "label")
+    if not isinstance(features[image_column], datasets.Image):
+        raise ValueError(
+            f"column {image_column!r} of split {split!r}: expected datasets.Image, got {features[image_column]}"
+        )
+    ds = ds.select_columns([image_column, label_column])
+    if image_column != "image":
+        ds = ds.rename_column(image_column, "image")
+    if label_column != "label":
+        ds = ds.rename_column(label_column, "label")
+    if not isinstance(ds.features["label"], datasets.ClassLabel):
+        if isinstance(ds, datasets.IterableDataset):
+            raise ValueError(
+                f"column {label_column!r} of split {split!r}: expected a ClassLabel feature when streaming (the class "
+                f"names cannot be collected without reading everything), got {ds.features['label']}"
+            )
+        ds = ds.class_encode_column("label")
+    return ds
+
+
+def _take(ds, n: int | None):
+    if n is None:
+        return ds
+    if isinstance(ds, datasets.IterableDataset):
+        return ds.take(n)
+    return ds.select(range(min(n, len(ds))))
+
+
+def load_datasets(args: DataArguments, seed: int = 0, split: str | None = None) -> DatasetSplits:
+    """Load the train and validation splits that `args` names, with "image" and "label" columns.
+
+    `split="validation"` loads only what evaluation needs (train is None): the validation source alone where it is
+    separate, else the same seeded carve from train as training made.
+    """
+    if split not in (None, "validation"):
+        raise ValueError(f"split: expected None (train and validation) or 'validation', got {split!r}")
+    raw = _load_raw(args, include_train=split is None or args.val_split_fraction is not None)
+    splits = list(raw)
+    if args.train_split in raw:
+        train = _standardize(raw[args.train_split], args, args.train_split)
+    elif split is None:
+        raise ValueError(f"train_split: expected one of the source's splits {splits}, got {args.train_split!r}")
+    else:
+        train = None
+    if args.validation_split in raw:
+        validation_split = args.validation_split
+    elif "test" in raw and args.val_split_fraction is None:
+        validation_split = "test"
+        logger.info("No %r split; evaluating on 'test'", args.validation_split)
+    else:
+        validation_split = None
+    if validation_split is not None:
+        if args.val_split_fraction is not None:
+            logger.warning(
+                "val_split_fraction=%s ignored: the source has a %r split", args.val_split_fraction, validation_split
+            )
+        validation = _standardize(raw[validation_split], args, validation_split)
+    elif args.val_split_fraction is None:
+        raise ValueError(
+            f"validation_split: the source has no {args.validation_split!r} split (splits: {splits}); pass "
+            "--validation_dir / --validation_file, or --val_split_fraction to carve one from train"
+        )
+    elif train is None:
+        raise ValueError(f"val_split_fraction: the source has no {args.train_split!r} split to carve from")
+    elif isinstance(train, datasets.IterableDataset):
+        raise ValueError(
+            "val_split_fraction: cannot carve a stratified split from a streaming dataset; pass a validation source"
+        )
+    else:
+        carved = train.train_test_split(test_size=args.val_split_fraction, stratify_by_column="label", seed=seed)
+        # train_test_split leaves an indices mapping; flattening once keeps random access contiguous in training.
+        train, validation = carved["train"].flatten_indices(), carved["test"].flatten_indices()
+    class_names = list(validation.features["label"].names)
+    if train is not None and train.features["label"].names != class_names:
+        raise ValueError(
+            f"validation labels: expected the train classes {train.features['label'].names[:10]}..., got "
+            f"{class_names[:10]}... (the same class names in the same order)"
+        )
+    return DatasetSplits(
+        train=None if split == "validation" else _take(train, args.max_train_samples),
+        validation=_take(validation, args.max_eval_samples),
+        class_names=class_names,
+    )

@@ -1,0 +1,91 @@
+"""Files and folders written whole or not at all (write, then rename), and JSON files read back with errors that
+name them."""
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def staging_path(path: str | os.PathLike) -> Path:
+    """The temporary sibling a file or folder is written under before `commit` renames it into place; the same name
+    on every process, so all ranks of a run can write into one staging folder."""
+    path = Path(path)
+    return path.with_name(f".tmp_{path.name}")
+
+
+def commit(staging: Path, path: str | os.PathLike) -> Path:
+    """Renames `staging` to `path`, replacing what is there: a folder is moved aside first and removed afterwards,
+    so at every moment `path` is either the old complete version or the new one."""
+    path = Path(path)
+    if staging.is_dir() and path.exists():
+        old = path.with_name(f".old_{path.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(staging, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, path)
+    return path
+
+
+@contextmanager
+def replacing(path: str | os.PathLike, folder: bool = False) -> Iterator[Path]:
+    """Yields the staging path of `path` (a fresh empty folder with `folder=True`); when the block completes, the
+    staged file or folder replaces `path`; when it raises, the staging is removed and `path` is left as it was."""
+    path = Path(path)
+    staging = staging_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove(staging)
+    if folder:
+        staging.mkdir()
+    try:
+        yield staging
+        commit(staging, path)
+    finally:
+        _remove(staging)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    with replacing(path) as staging:
+        staging.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(data, path: str | os.PathLike) -> Path:
+    return write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+class OutputExistsError(FileExistsError, ValueError):
+    """An output path that is taken: a file where a folder goes, or a non-empty folder without `overwrite`."""
+
+
+def check_output_folder(path: str | os.PathLike, overwrite: bool, flag: str = "output_dir") -> Path:
+    """Refuses a file, or a non-empty folder unless `overwrite`: an export is written to a new or empty folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"{flag}: expected a folder, got the file {path}")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{flag}: expected a new or empty folder, got non-empty {path} (pass overwrite)")
+    return path
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """A JSON object from `path`; anything else is an error naming the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: expected a JSON object, got invalid JSON ({error})") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data

@@ -1,0 +1,127 @@
+"""The model a run trains or evaluates (ours, or timm's for comparison), its optimizer, schedule and saved folder."""
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import get_scheduler
+
+from .. import ViTCustomConfig, ViTCustomForImageClassification
+from ..files import replacing
+from ..image_processing import PreprocessSettings
+from .arguments import ModelArguments, TrainingArguments, parse_config_overrides
+
+
+def build_model(args: ModelArguments, class_names: list[str]) -> tuple[nn.Module, PreprocessSettings]:
+    """Our model (from overrides or a saved folder) or `timm:<name>`, with the preprocessing it expects."""
+    id2label = dict(enumerate(class_names))
+    label2id = {name: i for i, name in id2label.items()}
+    overrides = parse_config_overrides(args.model_config_overrides)
+    if args.model.startswith("timm:"):
+        import timm
+
+        from ..interop.timm_conversion import preprocess_settings_from_timm
+
+        model = timm.create_model(args.model.removeprefix("timm:"), pretrained=False, num_classes=len(class_names))
+        return model, preprocess_settings_from_timm(model)
+    if args.model != "vit_custom":
+        raise ValueError(f"--model: expected 'vit_custom' or 'timm:<name>', got {args.model!r}")
+    if args.model_name_or_path:
+        model = ViTCustomForImageClassification.from_pretrained(
+            args.model_name_or_path,
+            num_labels=len(class_names),
+            id2label=id2label,
+            label2id=label2id,
+            ignore_mismatched_sizes=True,
+            **overrides,
+        )
+    else:
+        config = ViTCustomConfig(num_labels=len(class_names), id2label=id2label, label2id=label2id, **overrides)
+        model = ViTCustomForImageClassification(config)
+    settings = args.preprocess_settings(model.config.image_size)
+    if len(settings.mean) != model.config.num_channels:
+        raise ValueError(
+            f"--image_mean/--image_std: expected {model.config.num_channels} values (num_channels), "
+            f"got {len(settings.mean)}"
+        )
+    return model, settings
+
+
+def load_for_evaluation(args: ModelArguments, checkpoint: str | None) -> tuple[nn.Module, PreprocessSettings]:
+    """A saved (or converted) model folder with its own preprocessing, or `timm:<name>` with timm's, optionally with
+    weights from a checkpoint file."""
+    if args.model.startswith("timm:"):
+        import timm
+
+        from ..interop.timm_conversion import preprocess_settings_from_timm
+
+        model = timm.create_model(args.model.removeprefix("timm:"), pretrained=False, checkpoint_path=checkpoint or "")
+        return model, preprocess_settings_from_timm(model)
+    if not args.model_name_or_path:
+        raise ValueError("--model_name_or_path: a saved model folder is needed (or --model timm:<name>)")
+    from transformers import AutoImageProcessor
+
+    model = ViTCustomForImageClassification.from_pretrained(args.model_name_or_path)
+    try:
+        settings = PreprocessSettings.from_image_processor(AutoImageProcessor.from_pretrained(args.model_name_or_path))
+    except OSError:  # a folder saved without its image processor: the flags give the preprocessing
+        settings = args.preprocess_settings(model.config.image_size)
+    return model, settings
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The same loss for both models: cross-entropy on class indices or on soft targets (mixup, smoothing)."""
+    return ViTCustomForImageClassification.compute_loss(logits, labels)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on 1-D parameters (biases, norms) nor on the position embedding and class token."""
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_token = name in skip or name.split(".")[-1] in skip
+        (no_decay if param.ndim < 2 or is_token else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def scaled_learning_rate(lr_per_512: float, global_batch_size: int) -> float:
+    return lr_per_512 * global_batch_size / 512
+
+
+def create_optimizer(model: nn.Module, args: TrainingArguments, lr: float) -> torch.optim.AdamW:
+    # The fused kernel exists for CPU and CUDA, and steps far faster than the default foreach path on both.
+    return torch.optim.AdamW(
+        param_groups(model, args.weight_decay), lr=lr, betas=(args.adam_beta1, args.adam_beta2), fused=True
+    )
+
+
+def create_scheduler(optimizer, args: TrainingArguments, steps_per_epoch: int, max_train_steps: int):
+    """transformers' schedule, defined in optimizer steps: the training loop steps it once per optimizer step."""
+    warmup = args.num_warmup_steps + round(args.warmup_epochs * steps_per_epoch)
+    return get_scheduler(
+        args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=max_train_steps
+    )
+
+
+def steps_per_epoch(num_batches: int, gradient_accumulation_steps: int) -> int:
+    """Optimizer steps in an epoch of `num_batches` per-process batches (a trailing partial accumulation steps too)."""
+    return math.ceil(num_batches / gradient_accumulation_steps)
+
+
+def save_model_folder(accelerator, model: nn.Module, settings: PreprocessSettings, path: Path):
+    """A self-contained model folder (weights, config, code, image processor), replaced atomically."""
+    state_dict = accelerator.get_state_dict(model)  # collective under FSDP / DeepSpeed: every rank calls it
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        with replacing(path, folder=True) as staging:
+            if isinstance(unwrapped, ViTCustomForImageClassification):
+                unwrapped.save_pretrained(staging, state_dict=state_dict)
+            else:
+                from timm.models import save_for_hf
+
+                save_for_hf(unwrapped, str(staging), safe_serialization=True)
+            settings.to_image_processor().save_pretrained(staging)
+    accelerator.wait_for_everyone()

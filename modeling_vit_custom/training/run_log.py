@@ -1,0 +1,146 @@
+"""A run directory's log: metrics.jsonl (one JSON object per event), run_config.json and training_curves.png, written
+by `scripts/train.py` and read back, with the same event and field names, by the plot and the model card."""
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..files import read_json, replacing
+
+METRICS_FILE = "metrics.jsonl"
+RUN_CONFIG_FILE = "run_config.json"
+CURVES_FILE = "training_curves.png"
+TRAIN_EVENT, EVAL_EVENT, SUMMARY_EVENT = "train", "eval", "summary"
+
+
+@dataclass
+class RunSummary:
+    """The last event of a finished run."""
+
+    best_eval_top1: float | None = None
+    best_step: int | None = None
+    final_eval_top1: float | None = None
+    final_eval_top5: float | None = None
+    train_runtime_s: float | None = None
+    total_steps: int | None = None
+    ranks_in_sync: bool | None = None
+
+
+class MetricsLog:
+    """Appends one JSON object per event to metrics.jsonl (main process only)."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, event: str, **values):
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"event": event, **values}) + "\n")
+
+    def write_summary(self, summary: RunSummary):
+        self.write(SUMMARY_EVENT, **dataclasses.asdict(summary))
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """Every event of a metrics.jsonl, in order; a line that is not a JSON object is an error naming the line."""
+    path = Path(path)
+    events = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            event = None
+        if not isinstance(event, dict):
+            raise ValueError(f"{path}, line {number}: expected a JSON object, got {line[:80]!r}")
+        events.append(event)
+    return events
+
+
+@dataclass
+class RunRecord:
+    """What a training run directory (`scripts/train.py`'s output_dir) says about the model trained in it."""
+
+    run_dir: Path
+    config: dict = field(default_factory=dict)
+    evals: list[dict] = field(default_factory=list)
+    summary: RunSummary | None = None
+    curves: Path | None = None
+
+    def result_for(self, model_dir: Path) -> dict | None:
+        """The evaluation of the checkpoint in `model_dir`: the best one for `run_dir/best`, else the last one."""
+        if not self.evals and self.summary is None:
+            return None
+        is_best = model_dir.resolve() == (self.run_dir / "best").resolve()
+        summary = self.summary or RunSummary()
+        if is_best and summary.best_step is not None:
+            match = next((e for e in self.evals if e.get("step") == summary.best_step), {})
+            return {
+                "checkpoint": "best",
+                "step": summary.best_step,
+                "top1": _first(summary.best_eval_top1, match.get("eval_top1")),
+                "top5": match.get("eval_top5"),
+                "samples": match.get("eval_samples"),
+            }
+        last = self.evals[-1] if self.evals else {}
+        return {
+            "checkpoint": "final",
+            "step": _first(summary.total_steps, last.get("step")),
+            "top1": _first(summary.final_eval_top1, last.get("eval_top1")),
+            "top5": _first(summary.final_eval_top5, last.get("eval_top5")),
+            "samples": last.get("eval_samples"),
+        }
+
+
+def _first(*values):
+    return next((value for value in values if value is not None), None)
+
+
+def read_run(run_dir: str | os.PathLike) -> RunRecord:
+    """Reads run_config.json, metrics.jsonl and training_curves.png from a run directory; each is optional."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run_dir: expected a training run directory, got {run_dir} (not a directory)")
+    record = RunRecord(run_dir=run_dir)
+    if (run_dir / RUN_CONFIG_FILE).is_file():
+        record.config = read_json(run_dir / RUN_CONFIG_FILE)
+    if (run_dir / METRICS_FILE).is_file():
+        known = {f.name for f in dataclasses.fields(RunSummary)}
+        for event in read_metrics(run_dir / METRICS_FILE):
+            if event.get("event") == EVAL_EVENT:
+                record.evals.append(event)
+            elif event.get("event") == SUMMARY_EVENT:
+                record.summary = RunSummary(**{k: v for k, v in event.items() if k in known})
+    if (run_dir / CURVES_FILE).is_file():
+        record.curves = run_dir / CURVES_FILE
+    return record
+
+
+def plot_metrics(metrics_path: Path, output_path: Path):
+    """Loss, accuracy and learning rate against step, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    events = read_metrics(metrics_path)
+    train = [e for e in events if e["event"] == TRAIN_EVENT]
+    evals = [e for e in events if e["event"] == EVAL_EVENT]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot([e["step"] for e in train], [e["loss"] for e in train], label="train")
+    axes[0].plot([e["step"] for e in evals], [e["eval_loss"] for e in evals], "o-", label="eval")
+    axes[0].set(title="loss", xlabel="step")
+    axes[1].plot([e["step"] for e in evals], [100 * e["eval_top1"] for e in evals], "o-", label="top-1")
+    axes[1].plot([e["step"] for e in evals], [100 * e["eval_top5"] for e in evals], "o-", label="top-5")
+    axes[1].set(title="eval accuracy (%)", xlabel="step")
+    axes[2].plot([e["step"] for e in train], [e["lr"] for e in train])
+    axes[2].set(title="learning rate", xlabel="step")
+    for ax in axes[:2]:
+        ax.legend()
+    fig.tight_layout()
+    with replacing(output_path) as staging:
+        fig.savefig(staging, dpi=100, format="png")
+    plt.close(fig)

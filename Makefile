@@ -18,8 +18,11 @@ $(VENV)/.installed: pyproject.toml
 		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null || true; fi
 	touch $@
 
+# One compute thread per physical core, which accelerate would otherwise choose with a warning on every launch.
 quickstart: setup
-	$(VENV)/bin/accelerate launch --config_file configs/accelerate/cpu.yaml scripts/train.py --config configs/quickstart.yaml
+	$(VENV)/bin/accelerate launch --config_file configs/accelerate/cpu.yaml \
+		--num_cpu_threads_per_process $$($(PY) -c "import psutil; print(psutil.cpu_count(logical=False) or 1)") \
+		scripts/train.py --config configs/quickstart.yaml
 
 test: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -n 2 --durations=15

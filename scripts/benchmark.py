@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from modeling_vit_custom.bench.throughput import benchmark, format_benchmark
+from modeling_vit_custom.cli import setup_logging
 from modeling_vit_custom.files import write_json
 
 
@@ -39,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    setup_logging()
     try:
         result = benchmark(
             args.models,

@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from modeling_vit_custom.cli import setup_logging
 from modeling_vit_custom.interop.timm_conversion import convert_hf_vit, convert_timm
 
 
@@ -29,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    setup_logging()
     try:
         if args.hf_model is not None:
             record = convert_hf_vit(args.hf_model, args.output_dir, overwrite=args.overwrite)

@@ -6,11 +6,11 @@
 """
 
 import json
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from modeling_vit_custom.cli import setup_logging
 from modeling_vit_custom.data.arguments import DataArguments
 from modeling_vit_custom.training.arguments import ModelArguments, parse_args
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None):
     from modeling_vit_custom.training.models import load_for_evaluation
 
     accelerator = Accelerator(mixed_precision=args.mixed_precision or ("bf16" if torch.cuda.is_available() else "no"))
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    setup_logging(timestamps=True)
     with accelerator.main_process_first():
         splits = load_datasets(data_args, seed=args.seed, split="validation")
     model, settings = load_for_evaluation(model_args, args.checkpoint)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from transformers import HfArgumentParser
 
+from modeling_vit_custom.cli import setup_logging
 from modeling_vit_custom.data.arguments import DataArguments
 from modeling_vit_custom.data.prepare import write_shrunk_parquet
 from modeling_vit_custom.data.sources import load_datasets
@@ -22,7 +23,7 @@ class PrepareArguments:
 
 
 def main():
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     parser = HfArgumentParser((DataArguments, PrepareArguments), description=__doc__)
     data_args, prepare_args = parser.parse_args_into_dataclasses()
     if data_args.streaming:

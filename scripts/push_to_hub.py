@@ -5,6 +5,7 @@ import logging
 import sys
 from pathlib import Path
 
+from modeling_vit_custom.cli import setup_logging
 from modeling_vit_custom.interop.card import DEFAULT_TEMPLATE_PATH
 from modeling_vit_custom.interop.hub import push_run
 
@@ -34,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    setup_logging()
     try:
         result = push_run(
             args.model_dir,

@@ -10,11 +10,11 @@ training_curves.png.
 """
 
 import json
-import logging
 import math
 import time
 from pathlib import Path
 
+from modeling_vit_custom.cli import setup_logging
 from modeling_vit_custom.data.arguments import AugmentArguments, DataArguments
 from modeling_vit_custom.training.arguments import ModelArguments, TrainingArguments, parse_args, to_jsonable
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None):
         project_dir=args.output_dir,
         dataloader_config=DataLoaderConfiguration(non_blocking=True),
     )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    setup_logging(timestamps=True)
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:

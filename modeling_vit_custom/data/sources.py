@@ -80,6 +80,20 @@ def _file_builder(pattern: str) -> str:
     raise ValueError(f"{pattern}: expected .parquet or .arrow files, got {sorted(extensions)}")
 
 
+def _load_local(builder: str, data_files: dict, args: DataArguments):
+    """A local source through a packaged builder, without the download and split-generation progress bars that
+    say nothing for files already on this machine."""
+    enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset(
+            builder, data_files=data_files, cache_dir=args.cache_dir, streaming=args.streaming
+        )
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()
+
+
 def _load_raw(args: DataArguments, include_train: bool = True) -> datasets.DatasetDict | datasets.IterableDatasetDict:
     if args.source == "dataset_path":
         raw = datasets.load_from_disk(args.dataset_path)
@@ -94,6 +108,9 @@ def _load_raw(args: DataArguments, include_train: bool = True) -> datasets.Datas
             )
         return raw
     if args.source == "dirs":
+        for flag, folder in (("train_dir", args.train_dir), ("validation_dir", args.validation_dir)):
+            if folder is not None and not Path(folder).is_dir():
+                raise FileNotFoundError(f"--{flag} {folder}: expected a folder of class subfolders, got no folder")
         data_files = {}
         if args.train_dir and (include_train or not args.validation_dir):
             data_files[args.train_split] = os.path.join(args.train_dir, "**")
@@ -101,9 +118,7 @@ def _load_raw(args: DataArguments, include_train: bool = True) -> datasets.Datas
             raise ValueError("train_dir: expected a folder of training images next to validation_dir, got none")
         if args.validation_dir:
             data_files[args.validation_split] = os.path.join(args.validation_dir, "**")
-        return datasets.load_dataset(
-            "imagefolder", data_files=data_files, cache_dir=args.cache_dir, streaming=args.streaming
-        )
+        return _load_local("imagefolder", data_files, args)
     if args.source == "files":
         data_files, builders = {}, set()
         if args.train_file and (include_train or not args.validation_file):
@@ -119,12 +134,10 @@ def _load_raw(args: DataArguments, include_train: bool = True) -> datasets.Datas
                 f"train_file and validation_file: expected the same format, got {args.train_file} and "
                 f"{args.validation_file}"
             )
-        return datasets.load_dataset(
-            builders.pop(), data_files=data_files, cache_dir=args.cache_dir, streaming=args.streaming
-        )
+        return _load_local(builders.pop(), data_files, args)
     if args.dataset_name in FASHION_MNIST_ALIASES and (FASHION_MNIST_IDX_DIR / "train-images-idx3-ubyte.gz").exists():
         files = fashion_mnist_parquet(os.path.join(args.cache_dir, "fashion_mnist") if args.cache_dir else None)
-        return datasets.load_dataset("parquet", data_files=files, cache_dir=args.cache_dir, streaming=args.streaming)
+        return _load_local("parquet", files, args)
     name = FASHION_MNIST_HUB_NAME if args.dataset_name == "fashion_mnist" else args.dataset_name
     return _load_hub(name, args)
 

@@ -1,4 +1,5 @@
-"""The image processor saved with every model folder, and the preprocessing settings read back from it."""
+"""The image processor saved with every model folder, and the preprocessing settings read back from it (or from
+timm's data config)."""
 
 from dataclasses import dataclass
 
@@ -62,4 +63,28 @@ class PreprocessSettings:
             interpolation=interpolation,
             mean=tuple(processor.image_mean),
             std=tuple(processor.image_std),
+        )
+
+    @classmethod
+    def from_timm(cls, model) -> "PreprocessSettings":
+        """The evaluation preprocessing of timm's pretrained config for `model` (what timm's validate.py applies)."""
+        from timm.data import resolve_data_config
+
+        data_config = resolve_data_config({}, model=model)
+        if data_config.get("crop_mode", "center") != "center":
+            raise ValueError(f"timm data config: expected crop_mode 'center', got {data_config['crop_mode']!r}")
+        _, height, width = data_config["input_size"]
+        if height != width:
+            raise ValueError(f"timm data config: expected a square input_size, got {data_config['input_size']}")
+        interpolation = data_config["interpolation"]
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"timm data config: expected interpolation in {sorted(INTERPOLATIONS)}, got {interpolation!r}"
+            )
+        return cls(
+            image_size=height,
+            crop_pct=data_config["crop_pct"],
+            interpolation=interpolation,
+            mean=tuple(data_config["mean"]),
+            std=tuple(data_config["std"]),
         )

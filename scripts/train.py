@@ -36,7 +36,6 @@ def main(argv: list[str] | None = None):
     from modeling_vit_custom.data.loaders import build_dataloaders
     from modeling_vit_custom.data.sources import load_datasets
     from modeling_vit_custom.data.transforms import Normalize, build_mixup, smooth_labels
-    from modeling_vit_custom.interop.models import logits_of
     from modeling_vit_custom.training.checkpoints import read_training_state, resolve_checkpoint, save_checkpoint
     from modeling_vit_custom.training.evaluation import ranks_in_sync, run_evaluation
     from modeling_vit_custom.training.models import (
@@ -44,6 +43,7 @@ def main(argv: list[str] | None = None):
         classification_loss,
         create_optimizer,
         create_scheduler,
+        logits_of,
         save_model_folder,
         scaled_learning_rate,
         steps_per_epoch,

@@ -23,7 +23,6 @@ from modeling_vit_custom.interop.timm_conversion import (
     from_timm,
     max_abs_logit_diff,
     ours_to_timm_state_dict,
-    preprocess_settings_from_timm,
     timm_to_ours_state_dict,
     to_timm,
 )
@@ -178,9 +177,9 @@ def test_hf_vit_to_ours_equal_logits_and_eps_kept(seed, qkv_bias):
 
 
 def test_preprocess_settings_follow_timm_pretrained_config():
-    settings = preprocess_settings_from_timm(timm.create_model("vit_tiny_patch16_224", pretrained=False))
+    settings = PreprocessSettings.from_timm(timm.create_model("vit_tiny_patch16_224", pretrained=False))
     assert settings == PreprocessSettings(224, 0.9, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-    settings = preprocess_settings_from_timm(timm.create_model("vit_small_patch32_384", pretrained=False))
+    settings = PreprocessSettings.from_timm(timm.create_model("vit_small_patch32_384", pretrained=False))
     assert (settings.image_size, settings.crop_pct) == (384, 1.0)
 
 

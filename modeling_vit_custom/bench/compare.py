@@ -11,9 +11,9 @@ from torch import nn
 from ..data.arguments import DataArguments
 from ..data.sources import load_datasets
 from ..files import replacing
-from ..interop.models import logits_of
 from ..interop.timm_conversion import max_abs_logit_diff
 from ..metrics import TOP_K_ACCURACY
+from ..training.models import logits_of
 from .harness import (
     build_pair,
     count_gflops,

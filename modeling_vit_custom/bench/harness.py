@@ -22,8 +22,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from .. import ViTCustomForImageClassification
-from ..interop.models import logits_of
 from ..interop.timm_conversion import from_timm
+from ..training.models import logits_of
 
 logger = logging.getLogger(__name__)
 

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import timm
 import torch
-from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_data_config
+from timm.data import ImageNetInfo, infer_imagenet_subset
 from timm.layers import Attention, Mlp, PatchEmbed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from .. import ViTCustomConfig, ViTCustomForImageClassification
 from ..files import check_output_folder, replacing
-from ..image_processing import INTERPOLATIONS, PreprocessSettings
-from .models import logits_of
+from ..image_processing import PreprocessSettings
+from ..training.models import logits_of
 
 logger = logging.getLogger(__name__)
 
@@ -422,28 +422,6 @@ def from_hf_vit(hf_model: nn.Module) -> ViTCustomForImageClassification:
     return model.eval()
 
 
-def preprocess_settings_from_timm(model: nn.Module) -> PreprocessSettings:
-    """The evaluation preprocessing of timm's pretrained config for `model` (what timm's validate.py applies)."""
-    data_config = resolve_data_config({}, model=model)
-    if data_config.get("crop_mode", "center") != "center":
-        raise ValueError(f"timm data config: expected crop_mode 'center', got {data_config['crop_mode']!r}")
-    _, height, width = data_config["input_size"]
-    if height != width:
-        raise ValueError(f"timm data config: expected a square input_size, got {data_config['input_size']}")
-    interpolation = data_config["interpolation"]
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(
-            f"timm data config: expected interpolation in {sorted(INTERPOLATIONS)}, got {interpolation!r}"
-        )
-    return PreprocessSettings(
-        image_size=height,
-        crop_pct=data_config["crop_pct"],
-        interpolation=interpolation,
-        mean=tuple(data_config["mean"]),
-        std=tuple(data_config["std"]),
-    )
-
-
 def load_timm_checkpoint(path: str | os.PathLike) -> dict:
     """A state dict from a `.safetensors`, `.bin`, `.pth` or `.pt` file (torch files with weights_only=True);
     unwraps `state_dict` / `model` entries and a `module.` prefix, as timm does."""
@@ -516,7 +494,7 @@ def convert_timm(
     """
     source = build_timm_model(timm_model, checkpoint=checkpoint, pretrained=pretrained)
     ours = from_timm(source, num_labels=num_labels)
-    settings = preprocess_settings_from_timm(source)
+    settings = PreprocessSettings.from_timm(source)
     generator = torch.Generator().manual_seed(0)
     size = ours.config.image_size
     pixel_values = torch.randn(2, ours.config.num_channels, size, size, generator=generator)

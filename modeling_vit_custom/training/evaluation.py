@@ -5,8 +5,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..interop.models import logits_of
 from ..metrics import TOP_K_ACCURACY
+from .models import logits_of
 
 
 @torch.no_grad()

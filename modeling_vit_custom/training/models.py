@@ -13,6 +13,16 @@ from ..image_processing import PreprocessSettings
 from .arguments import ModelArguments, TrainingArguments, parse_config_overrides
 
 
+def logits_of(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Logits (B, num_classes) of our model (an output object) or of a timm model (a tensor)."""
+    output = model(pixel_values)
+    return output if isinstance(output, torch.Tensor) else output.logits
+
+
+def num_classes_of(model: nn.Module) -> int:
+    return model.config.num_labels if hasattr(model, "config") else model.num_classes
+
+
 def build_model(args: ModelArguments, class_names: list[str]) -> tuple[nn.Module, PreprocessSettings]:
     """Our model (from overrides or a saved folder) or `timm:<name>`, with the preprocessing it expects."""
     id2label = dict(enumerate(class_names))
@@ -21,10 +31,8 @@ def build_model(args: ModelArguments, class_names: list[str]) -> tuple[nn.Module
     if args.model.startswith("timm:"):
         import timm
 
-        from ..interop.timm_conversion import preprocess_settings_from_timm
-
         model = timm.create_model(args.model.removeprefix("timm:"), pretrained=False, num_classes=len(class_names))
-        return model, preprocess_settings_from_timm(model)
+        return model, PreprocessSettings.from_timm(model)
     if args.model != "vit_custom":
         raise ValueError(f"--model: expected 'vit_custom' or 'timm:<name>', got {args.model!r}")
     if args.model_name_or_path:
@@ -54,10 +62,8 @@ def load_for_evaluation(args: ModelArguments, checkpoint: str | None) -> tuple[n
     if args.model.startswith("timm:"):
         import timm
 
-        from ..interop.timm_conversion import preprocess_settings_from_timm
-
         model = timm.create_model(args.model.removeprefix("timm:"), pretrained=False, checkpoint_path=checkpoint or "")
-        return model, preprocess_settings_from_timm(model)
+        return model, PreprocessSettings.from_timm(model)
     if not args.model_name_or_path:
         raise ValueError("--model_name_or_path: a saved model folder is needed (or --model timm:<name>)")
     from transformers import AutoImageProcessor

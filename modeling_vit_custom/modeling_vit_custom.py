@@ -84,10 +84,11 @@ class ViTCustomEmbeddings(nn.Module):
 
 
 class ViTCustomAttention(nn.Module):
-    """Multi-head self-attention (B, N, D) -> (B, N, D) with one fused qkv projection.
+    """Multi-head attention with one fused qkv projection: queries (B, Nq, D) -> (B, Nq, D).
 
-    With `query_len`, only the first `query_len` tokens are used as queries (keys and values still come from every
-    token) and the output is (B, query_len, D): exactly those rows of the full output, at a fraction of the cost.
+    Self-attention by default. With `key_value_states` (B, N, D), the `hidden_states` are the queries only and keys
+    and values come from `key_value_states`: the encoder uses it to compute the class token's row alone,
+    `attn(x[:, :1], key_value_states=x)`, which equals the first row of `attn(x)` at a fraction of the cost.
     """
 
     def __init__(self, config: ViTCustomConfig):
@@ -102,18 +103,22 @@ class ViTCustomAttention(nn.Module):
         self.config = config
 
     def forward(
-        self, x: torch.Tensor, output_attentions: bool = False, query_len: int | None = None
+        self,
+        hidden_states: torch.Tensor,
+        output_attentions: bool = False,
+        key_value_states: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        B, N, D = x.shape
-        if query_len is None:
-            qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        B, Nq, D = hidden_states.shape
+        if key_value_states is None:
+            qkv = self.qkv(hidden_states).view(B, Nq, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
         else:
-            # Queries for the first tokens only; keys and values for all, from the same fused weight's rows.
+            # The fused weight's first D rows project the queries, the other 2 D rows the keys and values.
             weight, bias = self.qkv.weight, self.qkv.bias
-            q = F.linear(x[:, :query_len], weight[:D], None if bias is None else bias[:D])
-            q = q.view(B, query_len, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, Nq, head_dim)
-            kv = F.linear(x, weight[D:], None if bias is None else bias[D:])
+            q = F.linear(hidden_states, weight[:D], None if bias is None else bias[:D])
+            q = q.view(B, Nq, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, Nq, head_dim)
+            kv = F.linear(key_value_states, weight[D:], None if bias is None else bias[D:])
+            N = key_value_states.shape[1]
             k, v = kv.view(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         attn_weights = None
         if output_attentions or self.config._attn_implementation == "eager":
@@ -123,7 +128,7 @@ class ViTCustomAttention(nn.Module):
             out = self.attn_drop(attn_weights) @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(B, q.shape[2], D)  # (B, Nq, D)
+        out = out.transpose(1, 2).reshape(B, Nq, D)  # (B, Nq, D)
         out = self.proj_drop(self.proj(out))
         return out, (attn_weights if output_attentions else None)
 
@@ -161,7 +166,8 @@ class ViTCustomDropPath(nn.Module):
 
 
 class ViTCustomLayer(nn.Module):
-    """Pre-norm transformer block (B, N, D) -> (B, N, D); with `query_len`, (B, query_len, D)."""
+    """Pre-norm transformer block (B, N, D) -> (B, N, D); with `class_token_only`, (B, N, D) -> (B, 1, D): the class
+    token's row alone, attending to every token."""
 
     def __init__(self, config: ViTCustomConfig, drop_path_rate: float = 0.0):
         super().__init__()
@@ -172,18 +178,24 @@ class ViTCustomLayer(nn.Module):
         self.drop_path = ViTCustomDropPath(drop_path_rate)
 
     def forward(
-        self, x: torch.Tensor, output_attentions: bool = False, query_len: int | None = None
+        self, x: torch.Tensor, output_attentions: bool = False, class_token_only: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn_out, attn_weights = self.attn(self.norm1(x), output_attentions, query_len)
-        if query_len is not None:
-            x = x[:, :query_len]
+        normed = self.norm1(x)
+        if class_token_only:
+            x = x[:, :1]
+            attn_out, attn_weights = self.attn(normed[:, :1], output_attentions, key_value_states=normed)
+        else:
+            attn_out, attn_weights = self.attn(normed, output_attentions)
         x = x + self.drop_path(attn_out)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x, attn_weights
 
 
 class ViTCustomEncoder(nn.Module):
-    """Stack of `num_hidden_layers` blocks with linearly increasing drop-path; supports gradient checkpointing."""
+    """Stack of `num_hidden_layers` blocks with linearly increasing drop-path; supports gradient checkpointing.
+
+    (B, N, D) -> (B, N, D); with `class_token_only`, the last block computes the class token alone: (B, 1, D).
+    """
 
     def __init__(self, config: ViTCustomConfig):
         super().__init__()
@@ -197,18 +209,18 @@ class ViTCustomEncoder(nn.Module):
         hidden_states: torch.Tensor,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
-        last_layer_query_len: int | None = None,
+        class_token_only: bool = False,
     ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for i, layer in enumerate(self.layers):
-            query_len = last_layer_query_len if i == len(self.layers) - 1 else None
+            last_class_token_only = class_token_only and i == len(self.layers) - 1
             if self.gradient_checkpointing and self.training:
                 hidden_states, attn = self._gradient_checkpointing_func(
-                    layer.__call__, hidden_states, output_attentions, query_len
+                    layer.__call__, hidden_states, output_attentions, last_class_token_only
                 )
             else:
-                hidden_states, attn = layer(hidden_states, output_attentions, query_len)
+                hidden_states, attn = layer(hidden_states, output_attentions, last_class_token_only)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
@@ -268,26 +280,11 @@ class ViTCustomModel(ViTCustomPreTrainedModel):
         output_hidden_states: bool | None = None,
         interpolate_pos_encoding: bool = False,
         return_dict: bool | None = None,
-        _class_token_only: bool = False,
     ) -> BaseModelOutputWithPooling | tuple:
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        pixel_values = pixel_values.to(self.embeddings.position_embeddings.dtype)
-
-        hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
-        # With class-token pooling and no per-token outputs asked for, the last layer only needs the class token as
-        # query: the logits are the same and that layer costs a fraction of the others.
-        class_token_only = _class_token_only and self.config.pooling == "cls" and not output_hidden_states
-        hidden_states, all_hidden_states, all_attentions = self.encoder(
-            hidden_states,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            last_layer_query_len=1 if class_token_only and not output_attentions else None,
+        last_hidden_state, all_hidden_states, all_attentions = self._encode(
+            pixel_values, output_attentions, output_hidden_states, interpolate_pos_encoding
         )
-        last_hidden_state = self.norm(hidden_states)
         pooled_output = self.pool(last_hidden_state)
         if not return_dict:
             outputs = (last_hidden_state, pooled_output, all_hidden_states, all_attentions)
@@ -298,6 +295,34 @@ class ViTCustomModel(ViTCustomPreTrainedModel):
             hidden_states=all_hidden_states,
             attentions=all_attentions,
         )
+
+    def _encode(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None,
+        output_hidden_states: bool | None,
+        interpolate_pos_encoding: bool,
+        class_token_only: bool = False,
+    ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+        """Embeddings -> encoder -> final norm: (normed tokens, hidden states or None, attention maps or None).
+
+        `class_token_only` is for callers that read the class token alone (the classification head): unless
+        per-token outputs are asked for, the last layer then computes that token only and the normed tokens are
+        (B, 1, D). Its row is the same as in the full computation, and that layer costs a fraction of the others.
+        """
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        pixel_values = pixel_values.to(self.embeddings.position_embeddings.dtype)
+        hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        hidden_states, all_hidden_states, all_attentions = self.encoder(
+            hidden_states,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            class_token_only=class_token_only and not (output_attentions or output_hidden_states),
+        )
+        return self.norm(hidden_states), all_hidden_states, all_attentions
 
 
 class ViTCustomForImageClassification(ViTCustomPreTrainedModel):
@@ -342,18 +367,17 @@ class ViTCustomForImageClassification(ViTCustomPreTrainedModel):
         return_dict: bool | None = None,
     ) -> ImageClassifierOutput | tuple:
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.vit(
+        last_hidden_state, all_hidden_states, all_attentions = self.vit._encode(
             pixel_values,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            return_dict=True,
-            _class_token_only=True,
+            output_attentions,
+            output_hidden_states,
+            interpolate_pos_encoding,
+            class_token_only=self.config.pooling == "cls",
         )
-        logits = self.head(outputs.pooler_output)
+        logits = self.head(self.vit.pool(last_hidden_state))
         loss = self.compute_loss(logits, labels) if labels is not None else None
         if not return_dict:
-            return tuple(v for v in (loss, logits, outputs.hidden_states, outputs.attentions) if v is not None)
+            return tuple(v for v in (loss, logits, all_hidden_states, all_attentions) if v is not None)
         return ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+            loss=loss, logits=logits, hidden_states=all_hidden_states, attentions=all_attentions
         )

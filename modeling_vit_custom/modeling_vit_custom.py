@@ -328,8 +328,11 @@ class ViTCustomModel(ViTCustomPreTrainedModel):
 class ViTCustomForImageClassification(ViTCustomPreTrainedModel):
     """Backbone + linear head: pixel_values (B, C, H, W) -> logits (B, num_labels).
 
-    `labels` are class indices (B,) for cross-entropy, or per-class probabilities (B, num_labels) for soft-target
-    cross-entropy, as mixup / cutmix / label smoothing produce.
+    The loss follows `config.problem_type`, as transformers' classifiers (see `compute_loss`): `"regression"` (mean
+    squared error), `"single_label_classification"` (cross-entropy on class indices (B,), or on per-class
+    probabilities (B, num_labels) as mixup / cutmix / label smoothing produce) or `"multi_label_classification"`
+    (binary cross-entropy with logits on (B, num_labels) targets in [0, 1]). Unset, it is inferred from num_labels and
+    the labels' dtype, without writing to the config: floating-point labels are soft targets, not multi-label ones.
     """
 
     def __init__(self, config: ViTCustomConfig):
@@ -342,20 +345,58 @@ class ViTCustomForImageClassification(ViTCustomPreTrainedModel):
         return {f"vit.{name}" for name in self.vit.no_weight_decay()}
 
     @staticmethod
-    def compute_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy on class indices (B,), or on per-class probabilities (B, num_labels), in float32."""
+    def compute_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str | None = None) -> torch.Tensor:
+        """The loss of `logits` (B, num_labels) for `labels` under `problem_type`, in float32.
+
+        - `"regression"`: mean squared error; labels (B, num_labels), or (B,) with one label.
+        - `"single_label_classification"`: cross-entropy on integer class indices (B,), or soft-target cross-entropy
+          on floating-point per-class probabilities (B, num_labels).
+        - `"multi_label_classification"`: binary cross-entropy with logits on targets (B, num_labels) in [0, 1].
+
+        `problem_type=None` infers it as transformers does from num_labels and the labels' dtype, with one
+        difference: one label -> regression; integer labels -> single-label; floating-point labels -> single-label
+        with soft targets, where transformers would choose multi-label. Mixup, cutmix and label smoothing make float
+        targets the usual case for training from scratch, and a guess from the values (rows that sum to 1) could
+        switch losses between batches and would synchronise the device at every step. Multi-label training sets
+        `config.problem_type = "multi_label_classification"`.
+        """
+        num_labels = logits.shape[-1]
+        if problem_type is None:
+            problem_type = "regression" if num_labels == 1 else "single_label_classification"
+        labels = labels.to(logits.device)
+        logits = logits.float()
+        if problem_type == "regression":
+            if labels.shape != logits.shape and not (num_labels == 1 and labels.shape == logits.shape[:1]):
+                one_label = f" or ({logits.shape[0]},)" if num_labels == 1 else ""
+                raise ValueError(
+                    f"Expected regression labels of shape {tuple(logits.shape)} (batch, num_labels){one_label}, "
+                    f"got {tuple(labels.shape)}"
+                )
+            return F.mse_loss(logits, labels.float().view_as(logits))
+        if problem_type == "multi_label_classification":
+            if labels.shape != logits.shape:
+                raise ValueError(
+                    f"Expected multi-label targets of shape {tuple(logits.shape)} (batch, num_labels), "
+                    f"got {tuple(labels.shape)}"
+                )
+            return F.binary_cross_entropy_with_logits(logits, labels.float())
+        if problem_type != "single_label_classification":
+            raise ValueError(
+                "problem_type: expected 'regression', 'single_label_classification' or "
+                f"'multi_label_classification', got {problem_type!r}"
+            )
         if labels.is_floating_point():
             if labels.shape != logits.shape:
                 raise ValueError(
                     f"Expected soft labels of shape {tuple(logits.shape)} (batch, num_labels), "
                     f"got {tuple(labels.shape)}"
                 )
-            return torch.sum(-labels * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+            return torch.sum(-labels.float() * F.log_softmax(logits, dim=-1), dim=-1).mean()
         if labels.shape != logits.shape[:1]:
             raise ValueError(
                 f"Expected integer labels of shape ({logits.shape[0]},) (batch,), got {tuple(labels.shape)}"
             )
-        return F.cross_entropy(logits.float(), labels)
+        return F.cross_entropy(logits, labels)
 
     def forward(
         self,
@@ -375,7 +416,7 @@ class ViTCustomForImageClassification(ViTCustomPreTrainedModel):
             class_token_only=self.config.pooling == "cls",
         )
         logits = self.head(self.vit.pool(last_hidden_state))
-        loss = self.compute_loss(logits, labels) if labels is not None else None
+        loss = None if labels is None else self.compute_loss(logits, labels, self.config.problem_type)
         if not return_dict:
             return tuple(v for v in (loss, logits, all_hidden_states, all_attentions) if v is not None)
         return ImageClassifierOutput(

@@ -2,9 +2,11 @@
 input embeddings and gradient checkpointing, attention implementations."""
 
 import inspect
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from modeling_vit_custom import ViTCustomForImageClassification, ViTCustomModel
 
@@ -39,3 +41,98 @@ def test_backbone_forward_is_always_full_and_the_head_asks_for_the_class_token_o
     assert shapes == [(2, last_layer_tokens, HIDDEN), (2, 17, HIDDEN)]
     assert backbone.last_hidden_state.shape == (2, 17, HIDDEN)
     torch.testing.assert_close(logits, model.head(backbone.pooler_output), atol=1e-5, rtol=0)
+
+
+# --- problem types -----------------------------------------------------------------------------------------------
+
+
+def fixed_logits_model(tiny_config, logits: list[float], **overrides) -> ViTCustomForImageClassification:
+    """A model whose logits are `logits` for any image: the head's weight is zero and its bias is `logits`."""
+    model = ViTCustomForImageClassification(tiny_config(num_labels=len(logits), **overrides)).eval()
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor(logits))
+    return model
+
+
+def bce(logit: float, target: float) -> float:
+    return -(target * math.log(1 / (1 + math.exp(-logit))) + (1 - target) * math.log(1 - 1 / (1 + math.exp(-logit))))
+
+
+@pytest.mark.parametrize("labels_shape", [(3,), (3, 1)], ids=["(B,)", "(B, 1)"])
+@pytest.mark.parametrize("problem_type", [None, "regression"], ids=["inferred", "set"])
+def test_regression_loss_is_mean_squared_error(tiny_config, seed, labels_shape, problem_type):
+    model = ViTCustomForImageClassification(tiny_config(num_labels=1, problem_type=problem_type)).train()
+    labels = torch.tensor([0.5, -1.0, 2.0]).reshape(labels_shape)
+    out = model(images(3), labels=labels)
+    assert out.loss.dtype == torch.float32
+    torch.testing.assert_close(out.loss, F.mse_loss(out.logits[:, 0], labels.reshape(3)), atol=1e-6, rtol=0)
+    out.loss.backward()
+    # Every sample's error reaches the head: (B,) labels against (B, 1) logits must not broadcast to (B, B).
+    expected_bias_grad = 2 * (out.logits[:, 0].detach() - labels.reshape(3)).mean()
+    torch.testing.assert_close(model.head.bias.grad, expected_bias_grad.reshape(1), atol=1e-6, rtol=0)
+    assert model.head.weight.grad.abs().sum() > 0
+    assert model.config.problem_type == problem_type
+
+
+def test_regression_with_several_outputs_and_integer_labels(tiny_config, seed):
+    model = fixed_logits_model(tiny_config, [1.0, 2.0, 3.0], problem_type="regression")
+    loss = model(images(2), labels=torch.tensor([[1, 0, 3], [0, 0, 0]])).loss
+    assert loss.item() == pytest.approx((0 + 4 + 0 + 1 + 4 + 9) / 6, abs=1e-6)
+
+
+def test_multi_label_loss_is_binary_cross_entropy_with_logits(tiny_config, seed):
+    model = fixed_logits_model(tiny_config, [-1.0, 0.0, 2.0], problem_type="multi_label_classification")
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    out = model(images(2), labels=labels)
+    expected = sum(bce(z, y) for row in labels.tolist() for z, y in zip([-1.0, 0.0, 2.0], row, strict=True)) / 6
+    assert out.loss.item() == pytest.approx(expected, abs=1e-6)
+    torch.testing.assert_close(out.loss, F.binary_cross_entropy_with_logits(out.logits, labels), atol=1e-6, rtol=0)
+    # Integer multi-hot targets give the same loss.
+    assert model(images(2), labels=labels.long()).loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_float_labels_without_a_problem_type_are_soft_targets(tiny_config, seed):
+    """Unlike transformers' inference (float labels -> multi-label), float labels are soft single-label targets."""
+    model = fixed_logits_model(tiny_config, [math.log(1.0), math.log(3.0)])
+    loss = model(images(1), labels=torch.tensor([[1.0, 1.0]])).loss
+    assert loss.item() == pytest.approx(-(math.log(0.25) + math.log(0.75)), abs=1e-6)
+    assert model.config.problem_type is None
+
+
+def test_compute_loss_as_a_static_method(seed):
+    logits = torch.tensor([[0.0, math.log(3.0)]], dtype=torch.bfloat16)
+    index_loss = ViTCustomForImageClassification.compute_loss(logits, torch.tensor([1]))
+    soft_loss = ViTCustomForImageClassification.compute_loss(logits, torch.tensor([[0.0, 1.0]]))
+    assert index_loss.dtype == soft_loss.dtype == torch.float32
+    assert index_loss.item() == pytest.approx(-math.log(0.75), abs=1e-2)
+    torch.testing.assert_close(soft_loss, index_loss, atol=0, rtol=0)
+    bce_loss = ViTCustomForImageClassification.compute_loss(
+        torch.tensor([[0.0, math.log(3.0)]]), torch.tensor([[0.0, 1.0]]), problem_type="multi_label_classification"
+    )
+    assert bce_loss.item() == pytest.approx((bce(0.0, 0.0) + bce(math.log(3.0), 1.0)) / 2, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("num_labels", "problem_type", "labels", "message"),
+    [
+        (
+            1,
+            None,
+            torch.zeros(2, 2),
+            r"regression labels of shape \(2, 1\) \(batch, num_labels\) or \(2,\), got \(2, 2\)",
+        ),
+        (3, "regression", torch.zeros(2), r"regression labels of shape \(2, 3\) \(batch, num_labels\), got \(2,\)"),
+        (3, "multi_label_classification", torch.zeros(2), r"multi-label targets of shape \(2, 3\).*got \(2,\)"),
+        (3, "single_label_classification", torch.zeros(2, 4), r"soft labels of shape \(2, 3\).*got \(2, 4\)"),
+        (3, "ordinal", torch.zeros(2, dtype=torch.long), r"problem_type: expected 'regression'.*got 'ordinal'"),
+    ],
+)
+def test_labels_that_do_not_fit_the_problem_type_raise(num_labels, problem_type, labels, message):
+    with pytest.raises(ValueError, match=message):
+        ViTCustomForImageClassification.compute_loss(torch.zeros(2, num_labels), labels, problem_type)
+
+
+def test_config_refuses_an_unknown_problem_type(tiny_config):
+    with pytest.raises(ValueError, match=r"ViTCustomConfig.problem_type: expected None or one of .*got 'ordinal'"):
+        tiny_config(problem_type="ordinal")

@@ -240,14 +240,24 @@ class ViTCustomPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
+        """Initialise every module type the config can create. transformers calls it at construction, from
+        `init_weights()` (e.g. after `to_empty` on a model built on the meta device) and, in `from_pretrained`, for
+        the weights the checkpoint lacks: it guards `torch.nn.init` so loaded tensors are left as they are."""
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             nn.init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
+        elif isinstance(module, nn.Conv2d):
+            # The convolutional stem keeps PyTorch's default (Kaiming uniform), the initialisation it was trained with.
+            module.reset_parameters()
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+            if isinstance(module, nn.BatchNorm2d):
+                nn.init.zeros_(module.running_mean)
+                nn.init.ones_(module.running_var)
+                nn.init.zeros_(module.num_batches_tracked)
         elif isinstance(module, ViTCustomEmbeddings):
             nn.init.trunc_normal_(module.position_embeddings, std=std)
             nn.init.trunc_normal_(module.cls_token, std=std)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from modeling_vit_custom import ViTCustomForImageClassification, ViTCustomModel
 
@@ -136,3 +137,66 @@ def test_labels_that_do_not_fit_the_problem_type_raise(num_labels, problem_type,
 def test_config_refuses_an_unknown_problem_type(tiny_config):
     with pytest.raises(ValueError, match=r"ViTCustomConfig.problem_type: expected None or one of .*got 'ordinal'"):
         tiny_config(problem_type="ordinal")
+
+
+# --- weight initialisation ---------------------------------------------------------------------------------------
+
+CONFIG_VARIANTS = {
+    "plain": {},
+    "conv_stem": {"conv_stem_depth": 3},
+    "mean_pooling": {"pooling": "mean"},
+    "drop_path": {"drop_path_rate": 0.1},
+    "no_qkv_bias": {"qkv_bias": False},
+}
+
+
+def assert_initialised(model: torch.nn.Module):
+    """Every tensor finite; norms at 1 and 0, BatchNorm statistics at 0, 1 and 0 batches; weights not constant."""
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.LayerNorm, torch.nn.BatchNorm2d)):
+            assert torch.equal(module.weight, torch.ones_like(module.weight)), name
+            assert torch.equal(module.bias, torch.zeros_like(module.bias)), name
+        if isinstance(module, torch.nn.BatchNorm2d):
+            assert torch.equal(module.running_mean, torch.zeros_like(module.running_mean)), name
+            assert torch.equal(module.running_var, torch.ones_like(module.running_var)), name
+            assert module.num_batches_tracked.item() == 0, name
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            assert 0 < module.weight.std().item() < 1, name
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        assert torch.isfinite(tensor.float()).all(), name
+
+
+@pytest.mark.parametrize("variant", CONFIG_VARIANTS)
+def test_a_model_built_on_the_meta_device_is_initialised_by_init_weights(tiny_config, seed, variant):
+    with torch.device("meta"):
+        model = ViTCustomForImageClassification(tiny_config(**CONFIG_VARIANTS[variant]))
+    model.to_empty(device="cpu")
+    with torch.no_grad():  # whatever the new memory holds, init_weights must overwrite every tensor
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.fill_(math.nan if tensor.is_floating_point() else 7)
+    model.init_weights()
+    assert_initialised(model)
+    with torch.no_grad():
+        assert torch.isfinite(model.eval()(images(2)).logits).all()
+
+
+@pytest.mark.parametrize("variant", CONFIG_VARIANTS)
+def test_weights_missing_from_a_checkpoint_are_initialised_and_the_others_loaded(tiny_config, seed, tmp_path, variant):
+    model = ViTCustomForImageClassification(tiny_config(**CONFIG_VARIANTS[variant]))
+    with torch.no_grad():  # loaded values are told apart from initial ones
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.add_(3)
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+    missing = [key for key in saved if key.startswith(("vit.embeddings.", "vit.norm.", "vit.encoder.layers.1."))]
+    save_file({key: value for key, value in saved.items() if key not in missing}, tmp_path / "model.safetensors")
+
+    loaded = ViTCustomForImageClassification.from_pretrained(tmp_path).eval()
+    state = loaded.state_dict()
+    assert all(torch.equal(state[key], value) for key, value in saved.items() if key not in missing)
+    assert not any(torch.equal(state[key], saved[key]) for key in missing)
+    assert_initialised(loaded.vit.embeddings)
+    assert_initialised(loaded.vit.norm)
+    assert_initialised(loaded.vit.encoder.layers[1])
+    with torch.no_grad():
+        assert torch.isfinite(loaded(images(2)).logits).all()

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from einops.layers.torch import Rearrange
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import GradientCheckpointingLayer, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 
@@ -165,9 +165,10 @@ class ViTCustomDropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
-class ViTCustomLayer(nn.Module):
+class ViTCustomLayer(GradientCheckpointingLayer):
     """Pre-norm transformer block (B, N, D) -> (B, N, D); with `class_token_only`, (B, N, D) -> (B, 1, D): the class
-    token's row alone, attending to every token."""
+    token's row alone, attending to every token. Recomputed in the backward pass under activation checkpointing
+    (`GradientCheckpointingLayer`: pass the tokens positionally, the flags by keyword)."""
 
     def __init__(self, config: ViTCustomConfig, drop_path_rate: float = 0.0):
         super().__init__()
@@ -202,6 +203,7 @@ class ViTCustomEncoder(nn.Module):
         n = config.num_hidden_layers
         rates = [config.drop_path_rate * i / max(n - 1, 1) for i in range(n)]  # 0 -> drop_path_rate, as timm
         self.layers = nn.ModuleList([ViTCustomLayer(config, rate) for rate in rates])
+        # transformers sets it, and each layer's own flag, in activation_checkpointing_enable(); the layers checkpoint.
         self.gradient_checkpointing = False
 
     def forward(
@@ -214,13 +216,11 @@ class ViTCustomEncoder(nn.Module):
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for i, layer in enumerate(self.layers):
-            last_class_token_only = class_token_only and i == len(self.layers) - 1
-            if self.gradient_checkpointing and self.training:
-                hidden_states, attn = self._gradient_checkpointing_func(
-                    layer.__call__, hidden_states, output_attentions, last_class_token_only
-                )
-            else:
-                hidden_states, attn = layer(hidden_states, output_attentions, last_class_token_only)
+            hidden_states, attn = layer(
+                hidden_states,
+                output_attentions=output_attentions,
+                class_token_only=class_token_only and i == len(self.layers) - 1,
+            )
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
@@ -273,6 +273,15 @@ class ViTCustomModel(ViTCustomPreTrainedModel):
         self.encoder = ViTCustomEncoder(config)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The patch embedding: the linear `patch_proj`, or the convolutional stem (`conv_stem_depth` > 0).
+
+        `enable_input_require_grads()` hooks it, so that gradients reach trainable parameters after a frozen
+        embedding (adapters) through checkpointed layers.
+        """
+        embeddings = self.embeddings
+        return embeddings.conv_stem if embeddings.conv_stem_depth else embeddings.patch_proj
 
     def no_weight_decay(self) -> set[str]:
         """Parameters that must not be weight-decayed (timm's convention), besides every 1-D parameter."""

@@ -200,3 +200,66 @@ def test_weights_missing_from_a_checkpoint_are_initialised_and_the_others_loaded
     assert_initialised(loaded.vit.encoder.layers[1])
     with torch.no_grad():
         assert torch.isfinite(loaded(images(2)).logits).all()
+
+
+# --- input embeddings and activation checkpointing ---------------------------------------------------------------
+
+
+def gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize(("depth", "attribute"), [(0, "patch_proj"), (3, "conv_stem")])
+def test_input_embeddings_are_the_patch_embedding(tiny_config, depth, attribute):
+    model = ViTCustomForImageClassification(tiny_config(conv_stem_depth=depth))
+    expected = getattr(model.vit.embeddings, attribute)
+    assert model.get_input_embeddings() is expected
+    assert model.vit.get_input_embeddings() is expected
+
+
+@pytest.mark.parametrize("depth", [0, 3], ids=["patch_proj", "conv_stem"])
+@pytest.mark.parametrize("require_input_grads", [False, True], ids=["plain", "enable_input_require_grads"])
+def test_a_frozen_backbone_passes_gradients_through_checkpointed_layers(tiny_config, seed, depth, require_input_grads):
+    """With reentrant checkpointing, a layer whose input needs no gradient gives none to its parameters: a frozen
+    embedding must be hooked for an adapter-like trainable parameter inside the layers to learn."""
+    model = ViTCustomForImageClassification(tiny_config(conv_stem_depth=depth)).train()
+    model.vit.requires_grad_(False)
+    trainable = model.vit.encoder.layers[0].attn.qkv.weight
+    trainable.requires_grad_(True)
+    with pytest.warns(FutureWarning, match="gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    assert all(layer.gradient_checkpointing for layer in model.vit.encoder.layers)
+    pixel_values, labels = images(2), torch.tensor([1, 2])
+    if require_input_grads:
+        model.enable_input_require_grads()
+        model(pixel_values, labels=labels).loss.backward()
+        assert trainable.grad is not None and trainable.grad.abs().sum() > 0
+    else:
+        with pytest.warns(UserWarning, match="None of the inputs have requires_grad"):
+            model(pixel_values, labels=labels).loss.backward()
+        assert trainable.grad is None
+    assert model.head.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_checkpointing_with_every_regulariser_gives_the_same_gradients(tiny_config, seed, use_reentrant):
+    """Dropout and drop-path masks are replayed in the recomputation (checkpoint restores the RNG state)."""
+    config = tiny_config(
+        conv_stem_depth=3, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, drop_path_rate=0.3
+    )
+    model = ViTCustomForImageClassification(config).train()
+    pixel_values, labels = images(4), torch.randint(0, LABELS, (4,))
+    results = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
+        model.zero_grad()
+        torch.manual_seed(1)
+        loss = model(pixel_values, labels=labels).loss
+        loss.backward()
+        results.append((loss.detach(), gradients(model)))
+    (loss, expected), (checkpointed_loss, got) = results
+    torch.testing.assert_close(checkpointed_loss, loss, atol=0, rtol=0)
+    assert got.keys() == expected.keys() == {name for name, _ in model.named_parameters()}
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=0, msg=lambda m, n=name: f"{n}: {m}")

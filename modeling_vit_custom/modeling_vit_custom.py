@@ -7,6 +7,7 @@ from torch import nn
 from transformers import GradientCheckpointingLayer, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_vit_custom import ViTCustomConfig
 
@@ -83,21 +84,47 @@ class ViTCustomEmbeddings(nn.Module):
         return self.dropout(embeddings)
 
 
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention with explicit weights, in the signature of transformers' attention functions: query
+    (B, heads, Nq, head_dim), key and value (B, heads, N, head_dim) -> output (B, Nq, heads, head_dim) and weights
+    (B, heads, Nq, N), before dropout. `attention_mask` is always None: every token attends to every token."""
+    attn_weights = (query * scaling) @ key.transpose(-2, -1)  # (B, heads, Nq, N)
+    # Softmax in float32 (as the fused kernels do internally), so fp16 training cannot overflow here.
+    attn_weights = attn_weights.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_output = F.dropout(attn_weights, p=dropout, training=module.training) @ value
+    return attn_output.transpose(1, 2).contiguous(), attn_weights
+
+
 class ViTCustomAttention(nn.Module):
     """Multi-head attention with one fused qkv projection: queries (B, Nq, D) -> (B, Nq, D).
 
     Self-attention by default. With `key_value_states` (B, N, D), the `hidden_states` are the queries only and keys
     and values come from `key_value_states`: the encoder uses it to compute the class token's row alone,
     `attn(x[:, :1], key_value_states=x)`, which equals the first row of `attn(x)` at a fraction of the cost.
+
+    The attention itself is `config._attn_implementation` from transformers' attention interface (`"sdpa"`,
+    `"eager"`, `"flex_attention"`, `"flash_attention_2"`...), chosen with `from_pretrained(attn_implementation=...)`
+    or `model.set_attn_implementation(...)`. Attention maps (`output_attentions`) come from the eager path, whatever
+    the implementation.
     """
 
     def __init__(self, config: ViTCustomConfig):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
-        self.scale = self.head_dim**-0.5
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False  # read by the attention functions: every token attends to every token
+        self.attention_dropout = config.attention_probs_dropout_prob
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
-        self.attn_drop = nn.Dropout(config.attention_probs_dropout_prob)
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.proj_drop = nn.Dropout(config.hidden_dropout_prob)
         self.config = config
@@ -120,16 +147,16 @@ class ViTCustomAttention(nn.Module):
             kv = F.linear(key_value_states, weight[D:], None if bias is None else bias[D:])
             N = key_value_states.shape[1]
             k, v = kv.view(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        attn_weights = None
-        if output_attentions or self.config._attn_implementation == "eager":
-            attn_weights = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, Nq, N)
-            # Softmax in float32 (as the fused SDPA kernels do internally), so fp16 training cannot overflow here.
-            attn_weights = attn_weights.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
-            out = self.attn_drop(attn_weights) @ v
+        if output_attentions:
+            attention_interface = eager_attention_forward
         else:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(B, Nq, D)  # (B, Nq, D)
-        out = self.proj_drop(self.proj(out))
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+        out, attn_weights = attention_interface(
+            self, q, k, v, None, scaling=self.scaling, dropout=self.attention_dropout if self.training else 0.0
+        )
+        out = self.proj_drop(self.proj(out.reshape(B, Nq, D)))  # (B, Nq, heads, head_dim) -> (B, Nq, D)
         return out, (attn_weights if output_attentions else None)
 
 
@@ -237,12 +264,15 @@ class ViTCustomPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["ViTCustomEmbeddings", "ViTCustomLayer"]
     _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
         """Initialise every module type the config can create. transformers calls it at construction, from
         `init_weights()` (e.g. after `to_empty` on a model built on the meta device) and, in `from_pretrained`, for
-        the weights the checkpoint lacks: it guards `torch.nn.init` so loaded tensors are left as they are."""
+        the weights the checkpoint lacks, with `torch.nn.init` guarded so that loaded tensors stay as loaded."""
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             nn.init.trunc_normal_(module.weight, std=std)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from modeling_vit_custom import ViTCustomForImageClassification, ViTCustomModel
+from modeling_vit_custom import modeling_vit_custom as modeling
 
 HIDDEN = 64
 LABELS = 10
@@ -263,3 +264,88 @@ def test_checkpointing_with_every_regulariser_gives_the_same_gradients(tiny_conf
     assert got.keys() == expected.keys() == {name for name, _ in model.named_parameters()}
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
+
+
+# --- attention implementations -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def attention_calls(monkeypatch):
+    """Counts calls of our eager attention function and of `F.scaled_dot_product_attention`, by name."""
+    calls = {"eager": 0, "sdpa": 0}
+
+    def counting(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(modeling, "eager_attention_forward", counting("eager", modeling.eager_attention_forward))
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counting("sdpa", F.scaled_dot_product_attention))
+    return calls
+
+
+def test_set_attn_implementation_switches_the_attention_function(tiny_config, seed, attention_calls):
+    model = ViTCustomForImageClassification(tiny_config()).eval()
+    pixel_values = images(2)
+    assert model.config._attn_implementation == "sdpa"
+    logits = {}
+    for implementation, expected_calls in [("eager", {"eager": 2, "sdpa": 0}), ("sdpa", {"eager": 0, "sdpa": 2})]:
+        model.set_attn_implementation(implementation)
+        assert model.config._attn_implementation == implementation
+        assert model.vit.encoder.layers[0].attn.config._attn_implementation == implementation
+        attention_calls.update(eager=0, sdpa=0)
+        with torch.no_grad():
+            logits[implementation] = model(pixel_values).logits
+        assert attention_calls == expected_calls, implementation
+    torch.testing.assert_close(logits["eager"], logits["sdpa"], atol=1e-5, rtol=0)
+
+
+def test_attention_maps_under_sdpa_come_from_the_eager_path(tiny_config, seed, attention_calls):
+    model = ViTCustomModel(tiny_config()).eval()
+    pixel_values = images(2)
+    with torch.no_grad():
+        sdpa = model(pixel_values, output_attentions=True)
+        assert attention_calls == {"eager": 2, "sdpa": 0}
+        model.set_attn_implementation("eager")
+        eager = model(pixel_values, output_attentions=True)
+    assert [a.shape for a in sdpa.attentions] == [(2, 4, 17, 17)] * 2
+    for got, expected in zip(sdpa.attentions, eager.attentions, strict=True):
+        torch.testing.assert_close(got, expected, atol=0, rtol=0)
+        torch.testing.assert_close(got.sum(dim=-1), torch.ones(2, 4, 17), atol=1e-6, rtol=0)
+    torch.testing.assert_close(sdpa.last_hidden_state, eager.last_hidden_state, atol=0, rtol=0)
+
+
+def test_attn_implementation_at_load_and_after(tiny_config, seed, tmp_path, attention_calls):
+    ViTCustomForImageClassification(tiny_config()).save_pretrained(tmp_path)
+    model = ViTCustomForImageClassification.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    assert model.config._attn_implementation == "eager"
+    with torch.no_grad():
+        model(images(1))
+    assert attention_calls == {"eager": 2, "sdpa": 0}
+    model.set_attn_implementation("sdpa")
+    with torch.no_grad():
+        model(images(1))
+    assert attention_calls == {"eager": 2, "sdpa": 2}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(torch.nn.attention, "flex_attention"), reason="torch without flex_attention")
+def test_eager_sdpa_and_flex_attention_give_the_same_logits(tiny_config, seed, attention_calls):
+    """Flex attention compiles on first use (tens of seconds on CPU). The class-token-only last layer (plain forward)
+    and the full one (with hidden states) run under each implementation."""
+    model = ViTCustomForImageClassification(tiny_config()).eval()
+    pixel_values = images(2)
+    logits = {}
+    for implementation in ("eager", "sdpa", "flex_attention"):
+        model.set_attn_implementation(implementation)
+        with torch.no_grad():
+            logits[implementation] = (
+                model(pixel_values).logits,
+                model(pixel_values, output_hidden_states=True).logits,
+            )
+    assert attention_calls == {"eager": 4, "sdpa": 4}  # flex_attention called neither
+    for implementation in ("sdpa", "flex_attention"):
+        for got, expected in zip(logits[implementation], logits["eager"], strict=True):
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=0, msg=lambda m, i=implementation: f"{i}: {m}")

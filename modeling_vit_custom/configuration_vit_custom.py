@@ -3,6 +3,8 @@
 from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
 AUTO_MAP = {
     "AutoConfig": "configuration_vit_custom.ViTCustomConfig",
     "AutoModel": "modeling_vit_custom.ViTCustomModel",
@@ -54,6 +56,10 @@ class ViTCustomConfig(PretrainedConfig):
             image_size // patch_size (e.g. 28 px, patch 7, depth 3: a 4x4 grid).
         num_labels / id2label / label2id:
             The classes (1000 unnamed ImageNet classes by default), handled by `PretrainedConfig`.
+        problem_type (`str`, *optional*):
+            The loss of [`ViTCustomForImageClassification`]: `"regression"`, `"single_label_classification"` or
+            `"multi_label_classification"`. Unset, it is inferred from num_labels and the labels' dtype (see
+            `ViTCustomForImageClassification.compute_loss`: floating-point labels are soft single-label targets).
     """
 
     model_type = "vit_custom"
@@ -138,6 +144,10 @@ class ViTCustomConfig(PretrainedConfig):
             raise ValueError(f"ViTCustomConfig.hidden_act: expected one of {sorted(ACT2FN)}, got {self.hidden_act!r}")
         if not isinstance(self.qkv_bias, bool):
             raise ValueError(f"ViTCustomConfig.qkv_bias: expected true or false, got {self.qkv_bias!r}")
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(
+                f"ViTCustomConfig.problem_type: expected None or one of {PROBLEM_TYPES}, got {self.problem_type!r}"
+            )
         if self.pooling not in ("cls", "mean"):
             raise ValueError(f"ViTCustomConfig.pooling: expected 'cls' or 'mean', got {self.pooling!r}")
         depth = self.conv_stem_depth

@@ -4,9 +4,10 @@ import torch
 import torch.nn.functional as F
 from einops.layers.torch import Rearrange
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import GradientCheckpointingLayer, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_vit_custom import ViTCustomConfig
 
@@ -83,48 +84,79 @@ class ViTCustomEmbeddings(nn.Module):
         return self.dropout(embeddings)
 
 
-class ViTCustomAttention(nn.Module):
-    """Multi-head self-attention (B, N, D) -> (B, N, D) with one fused qkv projection.
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention with explicit weights, in the signature of transformers' attention functions: query
+    (B, heads, Nq, head_dim), key and value (B, heads, N, head_dim) -> output (B, Nq, heads, head_dim) and weights
+    (B, heads, Nq, N), before dropout. `attention_mask` is always None: every token attends to every token."""
+    attn_weights = (query * scaling) @ key.transpose(-2, -1)  # (B, heads, Nq, N)
+    # Softmax in float32 (as the fused kernels do internally), so fp16 training cannot overflow here.
+    attn_weights = attn_weights.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_output = F.dropout(attn_weights, p=dropout, training=module.training) @ value
+    return attn_output.transpose(1, 2).contiguous(), attn_weights
 
-    With `query_len`, only the first `query_len` tokens are used as queries (keys and values still come from every
-    token) and the output is (B, query_len, D): exactly those rows of the full output, at a fraction of the cost.
+
+class ViTCustomAttention(nn.Module):
+    """Multi-head attention with one fused qkv projection: queries (B, Nq, D) -> (B, Nq, D).
+
+    Self-attention by default. With `key_value_states` (B, N, D), the `hidden_states` are the queries only and keys
+    and values come from `key_value_states`: the encoder uses it to compute the class token's row alone,
+    `attn(x[:, :1], key_value_states=x)`, which equals the first row of `attn(x)` at a fraction of the cost.
+
+    The attention itself is `config._attn_implementation` from transformers' attention interface (`"sdpa"`,
+    `"eager"`, `"flex_attention"`, `"flash_attention_2"`...), chosen with `from_pretrained(attn_implementation=...)`
+    or `model.set_attn_implementation(...)`. Attention maps (`output_attentions`) come from the eager path, whatever
+    the implementation.
     """
 
     def __init__(self, config: ViTCustomConfig):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
-        self.scale = self.head_dim**-0.5
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False  # read by the attention functions: every token attends to every token
+        self.attention_dropout = config.attention_probs_dropout_prob
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
-        self.attn_drop = nn.Dropout(config.attention_probs_dropout_prob)
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.proj_drop = nn.Dropout(config.hidden_dropout_prob)
         self.config = config
 
     def forward(
-        self, x: torch.Tensor, output_attentions: bool = False, query_len: int | None = None
+        self,
+        hidden_states: torch.Tensor,
+        output_attentions: bool = False,
+        key_value_states: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        B, N, D = x.shape
-        if query_len is None:
-            qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        B, Nq, D = hidden_states.shape
+        if key_value_states is None:
+            qkv = self.qkv(hidden_states).view(B, Nq, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
         else:
-            # Queries for the first tokens only; keys and values for all, from the same fused weight's rows.
+            # The fused weight's first D rows project the queries, the other 2 D rows the keys and values.
             weight, bias = self.qkv.weight, self.qkv.bias
-            q = F.linear(x[:, :query_len], weight[:D], None if bias is None else bias[:D])
-            q = q.view(B, query_len, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, Nq, head_dim)
-            kv = F.linear(x, weight[D:], None if bias is None else bias[D:])
+            q = F.linear(hidden_states, weight[:D], None if bias is None else bias[:D])
+            q = q.view(B, Nq, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, Nq, head_dim)
+            kv = F.linear(key_value_states, weight[D:], None if bias is None else bias[D:])
+            N = key_value_states.shape[1]
             k, v = kv.view(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        attn_weights = None
-        if output_attentions or self.config._attn_implementation == "eager":
-            attn_weights = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, Nq, N)
-            # Softmax in float32 (as the fused SDPA kernels do internally), so fp16 training cannot overflow here.
-            attn_weights = attn_weights.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
-            out = self.attn_drop(attn_weights) @ v
+        if output_attentions:
+            attention_interface = eager_attention_forward
         else:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(B, q.shape[2], D)  # (B, Nq, D)
-        out = self.proj_drop(self.proj(out))
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+        out, attn_weights = attention_interface(
+            self, q, k, v, None, scaling=self.scaling, dropout=self.attention_dropout if self.training else 0.0
+        )
+        out = self.proj_drop(self.proj(out.reshape(B, Nq, D)))  # (B, Nq, heads, head_dim) -> (B, Nq, D)
         return out, (attn_weights if output_attentions else None)
 
 
@@ -160,8 +192,10 @@ class ViTCustomDropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
-class ViTCustomLayer(nn.Module):
-    """Pre-norm transformer block (B, N, D) -> (B, N, D); with `query_len`, (B, query_len, D)."""
+class ViTCustomLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer block (B, N, D) -> (B, N, D); with `class_token_only`, (B, N, D) -> (B, 1, D): the class
+    token's row alone, attending to every token. Recomputed in the backward pass under activation checkpointing
+    (`GradientCheckpointingLayer`: pass the tokens positionally, the flags by keyword)."""
 
     def __init__(self, config: ViTCustomConfig, drop_path_rate: float = 0.0):
         super().__init__()
@@ -172,24 +206,31 @@ class ViTCustomLayer(nn.Module):
         self.drop_path = ViTCustomDropPath(drop_path_rate)
 
     def forward(
-        self, x: torch.Tensor, output_attentions: bool = False, query_len: int | None = None
+        self, x: torch.Tensor, output_attentions: bool = False, class_token_only: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn_out, attn_weights = self.attn(self.norm1(x), output_attentions, query_len)
-        if query_len is not None:
-            x = x[:, :query_len]
+        normed = self.norm1(x)
+        if class_token_only:
+            x = x[:, :1]
+            attn_out, attn_weights = self.attn(normed[:, :1], output_attentions, key_value_states=normed)
+        else:
+            attn_out, attn_weights = self.attn(normed, output_attentions)
         x = x + self.drop_path(attn_out)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x, attn_weights
 
 
 class ViTCustomEncoder(nn.Module):
-    """Stack of `num_hidden_layers` blocks with linearly increasing drop-path; supports gradient checkpointing."""
+    """Stack of `num_hidden_layers` blocks with linearly increasing drop-path; supports gradient checkpointing.
+
+    (B, N, D) -> (B, N, D); with `class_token_only`, the last block computes the class token alone: (B, 1, D).
+    """
 
     def __init__(self, config: ViTCustomConfig):
         super().__init__()
         n = config.num_hidden_layers
         rates = [config.drop_path_rate * i / max(n - 1, 1) for i in range(n)]  # 0 -> drop_path_rate, as timm
         self.layers = nn.ModuleList([ViTCustomLayer(config, rate) for rate in rates])
+        # transformers sets it, and each layer's own flag, in activation_checkpointing_enable(); the layers checkpoint.
         self.gradient_checkpointing = False
 
     def forward(
@@ -197,18 +238,16 @@ class ViTCustomEncoder(nn.Module):
         hidden_states: torch.Tensor,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
-        last_layer_query_len: int | None = None,
+        class_token_only: bool = False,
     ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for i, layer in enumerate(self.layers):
-            query_len = last_layer_query_len if i == len(self.layers) - 1 else None
-            if self.gradient_checkpointing and self.training:
-                hidden_states, attn = self._gradient_checkpointing_func(
-                    layer.__call__, hidden_states, output_attentions, query_len
-                )
-            else:
-                hidden_states, attn = layer(hidden_states, output_attentions, query_len)
+            hidden_states, attn = layer(
+                hidden_states,
+                output_attentions=output_attentions,
+                class_token_only=class_token_only and i == len(self.layers) - 1,
+            )
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
@@ -225,17 +264,30 @@ class ViTCustomPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["ViTCustomEmbeddings", "ViTCustomLayer"]
     _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
+        """Initialise every module type the config can create. transformers calls it at construction, from
+        `init_weights()` (e.g. after `to_empty` on a model built on the meta device) and, in `from_pretrained`, for
+        the weights the checkpoint lacks, with `torch.nn.init` guarded so that loaded tensors stay as loaded."""
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             nn.init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
+        elif isinstance(module, nn.Conv2d):
+            # The convolutional stem keeps PyTorch's default (Kaiming uniform), the initialisation it was trained with.
+            module.reset_parameters()
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+            if isinstance(module, nn.BatchNorm2d):
+                nn.init.zeros_(module.running_mean)
+                nn.init.ones_(module.running_var)
+                nn.init.zeros_(module.num_batches_tracked)
         elif isinstance(module, ViTCustomEmbeddings):
             nn.init.trunc_normal_(module.position_embeddings, std=std)
             nn.init.trunc_normal_(module.cls_token, std=std)
@@ -251,6 +303,15 @@ class ViTCustomModel(ViTCustomPreTrainedModel):
         self.encoder = ViTCustomEncoder(config)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The patch embedding: the linear `patch_proj`, or the convolutional stem (`conv_stem_depth` > 0).
+
+        `enable_input_require_grads()` hooks it, so that gradients reach trainable parameters after a frozen
+        embedding (adapters) through checkpointed layers.
+        """
+        embeddings = self.embeddings
+        return embeddings.conv_stem if embeddings.conv_stem_depth else embeddings.patch_proj
 
     def no_weight_decay(self) -> set[str]:
         """Parameters that must not be weight-decayed (timm's convention), besides every 1-D parameter."""
@@ -268,26 +329,11 @@ class ViTCustomModel(ViTCustomPreTrainedModel):
         output_hidden_states: bool | None = None,
         interpolate_pos_encoding: bool = False,
         return_dict: bool | None = None,
-        _class_token_only: bool = False,
     ) -> BaseModelOutputWithPooling | tuple:
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        pixel_values = pixel_values.to(self.embeddings.position_embeddings.dtype)
-
-        hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
-        # With class-token pooling and no per-token outputs asked for, the last layer only needs the class token as
-        # query: the logits are the same and that layer costs a fraction of the others.
-        class_token_only = _class_token_only and self.config.pooling == "cls" and not output_hidden_states
-        hidden_states, all_hidden_states, all_attentions = self.encoder(
-            hidden_states,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            last_layer_query_len=1 if class_token_only and not output_attentions else None,
+        last_hidden_state, all_hidden_states, all_attentions = self._encode(
+            pixel_values, output_attentions, output_hidden_states, interpolate_pos_encoding
         )
-        last_hidden_state = self.norm(hidden_states)
         pooled_output = self.pool(last_hidden_state)
         if not return_dict:
             outputs = (last_hidden_state, pooled_output, all_hidden_states, all_attentions)
@@ -299,12 +345,43 @@ class ViTCustomModel(ViTCustomPreTrainedModel):
             attentions=all_attentions,
         )
 
+    def _encode(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None,
+        output_hidden_states: bool | None,
+        interpolate_pos_encoding: bool,
+        class_token_only: bool = False,
+    ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+        """Embeddings -> encoder -> final norm: (normed tokens, hidden states or None, attention maps or None).
+
+        `class_token_only` is for callers that read the class token alone (the classification head): unless
+        per-token outputs are asked for, the last layer then computes that token only and the normed tokens are
+        (B, 1, D). Its row is the same as in the full computation, and that layer costs a fraction of the others.
+        """
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        pixel_values = pixel_values.to(self.embeddings.position_embeddings.dtype)
+        hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        hidden_states, all_hidden_states, all_attentions = self.encoder(
+            hidden_states,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            class_token_only=class_token_only and not (output_attentions or output_hidden_states),
+        )
+        return self.norm(hidden_states), all_hidden_states, all_attentions
+
 
 class ViTCustomForImageClassification(ViTCustomPreTrainedModel):
     """Backbone + linear head: pixel_values (B, C, H, W) -> logits (B, num_labels).
 
-    `labels` are class indices (B,) for cross-entropy, or per-class probabilities (B, num_labels) for soft-target
-    cross-entropy, as mixup / cutmix / label smoothing produce.
+    The loss follows `config.problem_type`, as transformers' classifiers (see `compute_loss`): `"regression"` (mean
+    squared error), `"single_label_classification"` (cross-entropy on class indices (B,), or on per-class
+    probabilities (B, num_labels) as mixup / cutmix / label smoothing produce) or `"multi_label_classification"`
+    (binary cross-entropy with logits on (B, num_labels) targets in [0, 1]). Unset, it is inferred from num_labels and
+    the labels' dtype, without writing to the config: floating-point labels are soft targets, not multi-label ones.
     """
 
     def __init__(self, config: ViTCustomConfig):
@@ -317,20 +394,58 @@ class ViTCustomForImageClassification(ViTCustomPreTrainedModel):
         return {f"vit.{name}" for name in self.vit.no_weight_decay()}
 
     @staticmethod
-    def compute_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy on class indices (B,), or on per-class probabilities (B, num_labels), in float32."""
+    def compute_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str | None = None) -> torch.Tensor:
+        """The loss of `logits` (B, num_labels) for `labels` under `problem_type`, in float32.
+
+        - `"regression"`: mean squared error; labels (B, num_labels), or (B,) with one label.
+        - `"single_label_classification"`: cross-entropy on integer class indices (B,), or soft-target cross-entropy
+          on floating-point per-class probabilities (B, num_labels).
+        - `"multi_label_classification"`: binary cross-entropy with logits on targets (B, num_labels) in [0, 1].
+
+        `problem_type=None` infers it as transformers does from num_labels and the labels' dtype, with one
+        difference: one label -> regression; integer labels -> single-label; floating-point labels -> single-label
+        with soft targets, where transformers would choose multi-label. Mixup, cutmix and label smoothing make float
+        targets the usual case for training from scratch, and a guess from the values (rows that sum to 1) could
+        switch losses between batches and would synchronise the device at every step. Multi-label training sets
+        `config.problem_type = "multi_label_classification"`.
+        """
+        num_labels = logits.shape[-1]
+        if problem_type is None:
+            problem_type = "regression" if num_labels == 1 else "single_label_classification"
+        labels = labels.to(logits.device)
+        logits = logits.float()
+        if problem_type == "regression":
+            if labels.shape != logits.shape and not (num_labels == 1 and labels.shape == logits.shape[:1]):
+                one_label = f" or ({logits.shape[0]},)" if num_labels == 1 else ""
+                raise ValueError(
+                    f"Expected regression labels of shape {tuple(logits.shape)} (batch, num_labels){one_label}, "
+                    f"got {tuple(labels.shape)}"
+                )
+            return F.mse_loss(logits, labels.float().view_as(logits))
+        if problem_type == "multi_label_classification":
+            if labels.shape != logits.shape:
+                raise ValueError(
+                    f"Expected multi-label targets of shape {tuple(logits.shape)} (batch, num_labels), "
+                    f"got {tuple(labels.shape)}"
+                )
+            return F.binary_cross_entropy_with_logits(logits, labels.float())
+        if problem_type != "single_label_classification":
+            raise ValueError(
+                "problem_type: expected 'regression', 'single_label_classification' or "
+                f"'multi_label_classification', got {problem_type!r}"
+            )
         if labels.is_floating_point():
             if labels.shape != logits.shape:
                 raise ValueError(
                     f"Expected soft labels of shape {tuple(logits.shape)} (batch, num_labels), "
                     f"got {tuple(labels.shape)}"
                 )
-            return torch.sum(-labels * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+            return torch.sum(-labels.float() * F.log_softmax(logits, dim=-1), dim=-1).mean()
         if labels.shape != logits.shape[:1]:
             raise ValueError(
                 f"Expected integer labels of shape ({logits.shape[0]},) (batch,), got {tuple(labels.shape)}"
             )
-        return F.cross_entropy(logits.float(), labels)
+        return F.cross_entropy(logits, labels)
 
     def forward(
         self,
@@ -342,18 +457,17 @@ class ViTCustomForImageClassification(ViTCustomPreTrainedModel):
         return_dict: bool | None = None,
     ) -> ImageClassifierOutput | tuple:
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.vit(
+        last_hidden_state, all_hidden_states, all_attentions = self.vit._encode(
             pixel_values,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            return_dict=True,
-            _class_token_only=True,
+            output_attentions,
+            output_hidden_states,
+            interpolate_pos_encoding,
+            class_token_only=self.config.pooling == "cls",
         )
-        logits = self.head(outputs.pooler_output)
-        loss = self.compute_loss(logits, labels) if labels is not None else None
+        logits = self.head(self.vit.pool(last_hidden_state))
+        loss = None if labels is None else self.compute_loss(logits, labels, self.config.problem_type)
         if not return_dict:
-            return tuple(v for v in (loss, logits, outputs.hidden_states, outputs.attentions) if v is not None)
+            return tuple(v for v in (loss, logits, all_hidden_states, all_attentions) if v is not None)
         return ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+            loss=loss, logits=logits, hidden_states=all_hidden_states, attentions=all_attentions
         )

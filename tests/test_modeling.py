@@ -291,8 +291,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_config, seed, pool
     model.zero_grad()
 
     calls = []
+    # A sub-module's hook: a GradientCheckpointingLayer recomputes its forward, not its own hooks (transformers keeps
+    # module hooks, such as FSDP2's, outside the checkpoint).
     for layer in model.vit.encoder.layers:
-        layer.register_forward_pre_hook(lambda *_: calls.append(1))
+        layer.mlp.register_forward_pre_hook(lambda *_: calls.append(1))
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
     assert model.vit.encoder.gradient_checkpointing
     checkpointed_loss = model(pixel_values, labels=labels).loss

@@ -7,7 +7,7 @@ from transformers import HfArgumentParser
 
 from modeling_vit_custom.cli import setup_logging
 from modeling_vit_custom.data.arguments import DataArguments
-from modeling_vit_custom.data.prepare import write_shrunk_parquet
+from modeling_vit_custom.data.prepare import write_prepared_copy
 from modeling_vit_custom.data.sources import load_datasets
 
 
@@ -20,6 +20,14 @@ class PrepareArguments:
     train_shards: int = 64
     validation_shards: int = 8
     num_proc: int | None = None
+    overwrite: bool = False
+
+    def __post_init__(self):
+        for name in ("shorter_side", "train_shards", "validation_shards"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name}: expected a positive integer, got {getattr(self, name)!r}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"--quality: expected a JPEG quality in [1, 100], got {self.quality!r}")
 
 
 def main():
@@ -29,22 +37,19 @@ def main():
     if data_args.streaming:
         raise ValueError("--streaming: expected off; the copy is written from a map-style dataset")
     splits = load_datasets(data_args)
-    for split, dataset, num_shards in (
-        ("train", splits.train, prepare_args.train_shards),
-        ("validation", splits.validation, prepare_args.validation_shards),
-    ):
-        paths = write_shrunk_parquet(
-            dataset,
-            prepare_args.output_dir,
-            split,
-            num_shards,
-            shorter_side=prepare_args.shorter_side,
-            quality=prepare_args.quality,
-            num_proc=prepare_args.num_proc,
-        )
-        logging.info(
-            "Wrote %s (%d images) in %d shards to %s", split, len(dataset), len(paths), prepare_args.output_dir
-        )
+    written = write_prepared_copy(
+        {
+            "train": (splits.train, prepare_args.train_shards),
+            "validation": (splits.validation, prepare_args.validation_shards),
+        },
+        prepare_args.output_dir,
+        overwrite=prepare_args.overwrite,
+        shorter_side=prepare_args.shorter_side,
+        quality=prepare_args.quality,
+        num_proc=prepare_args.num_proc,
+    )
+    for split, paths in written.items():
+        logging.info("Wrote %s in %d shards to %s", split, len(paths), prepare_args.output_dir)
     print(
         f"Train with --train_file '{prepare_args.output_dir}/train-*.parquet' "
         f"--validation_file '{prepare_args.output_dir}/validation-*.parquet'"

@@ -12,11 +12,18 @@ training_curves.png.
 import json
 import math
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from modeling_vit_custom.cli import setup_logging
 from modeling_vit_custom.data.arguments import AugmentArguments, DataArguments
-from modeling_vit_custom.training.arguments import ModelArguments, TrainingArguments, parse_args, to_jsonable
+from modeling_vit_custom.training.arguments import (
+    ModelArguments,
+    TrainingArguments,
+    check_environment,
+    parse_args,
+    to_jsonable,
+)
 
 
 def main(argv: list[str] | None = None):
@@ -27,7 +34,7 @@ def main(argv: list[str] | None = None):
     import torch
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.logging import get_logger
-    from accelerate.utils import set_seed
+    from accelerate.utils import InitProcessGroupKwargs, set_seed
     from timm.utils import ModelEmaV3
     from tqdm.auto import tqdm
 
@@ -36,7 +43,12 @@ def main(argv: list[str] | None = None):
     from modeling_vit_custom.data.loaders import build_dataloaders
     from modeling_vit_custom.data.sources import load_datasets
     from modeling_vit_custom.data.transforms import Normalize, build_mixup, smooth_labels
-    from modeling_vit_custom.training.checkpoints import read_training_state, resolve_checkpoint, save_checkpoint
+    from modeling_vit_custom.training.checkpoints import (
+        read_training_state,
+        resolve_checkpoint,
+        resume_batches,
+        save_checkpoint,
+    )
     from modeling_vit_custom.training.evaluation import ranks_in_sync, run_evaluation
     from modeling_vit_custom.training.models import (
         build_model,
@@ -56,10 +68,19 @@ def main(argv: list[str] | None = None):
         TRAIN_EVENT,
         MetricsLog,
         RunSummary,
+        check_output_dir,
+        clear_previous_run,
         plot_metrics,
+        truncate_metrics,
     )
 
     logger = get_logger(__name__)
+    # Everything that can be refused is refused here, before any data is read or a process group is formed.
+    check_environment(args)
+    check_output_dir(args.output_dir, resume=bool(args.resume_from_checkpoint), overwrite=args.overwrite_output_dir)
+    resume_from = (
+        resolve_checkpoint(args.output_dir, args.resume_from_checkpoint) if args.resume_from_checkpoint else None
+    )
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         # bf16 on GPU (no loss scaling needed); on CPU autocast is slower than fp32.
@@ -67,12 +88,17 @@ def main(argv: list[str] | None = None):
         log_with=None if args.report_to == "none" else args.report_to,
         project_dir=args.output_dir,
         dataloader_config=DataLoaderConfiguration(non_blocking=True),
+        # A process whose peer died fails its next collective after this long, instead of waiting 30 minutes.
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=args.ddp_timeout))],
     )
     setup_logging(timestamps=True)
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
+        if args.overwrite_output_dir:
+            clear_previous_run(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
 
     # Data: the main process prepares it first (download, Fashion-MNIST conversion), then the others read the cache.
     with accelerator.main_process_first():
@@ -150,13 +176,36 @@ def main(argv: list[str] | None = None):
     device_peak = peak_flops(accelerator.device)
 
     global_step, start_epoch, skip_batches, best_top1, best_step = 0, 0, 0, -1.0, 0
-    if args.resume_from_checkpoint:
-        checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
-        accelerator.load_state(str(checkpoint))
-        state = read_training_state(checkpoint)
-        global_step, start_epoch, skip_batches = state["step"], state["epoch"], state["batches_in_epoch"]
+    if resume_from is not None:
+        state = read_training_state(resume_from)
+        # Refused before the weights load: another global batch, or a position this process count cannot reach.
+        skip_batches = resume_batches(
+            state, args.per_device_train_batch_size, accelerator.num_processes, global_batch_size
+        )
+        accelerator.load_state(str(resume_from))
+        global_step, start_epoch = state["step"], state["epoch"]
         best_top1, best_step = state["best_top1"], state["best_step"]
-        logger.info(f"Resumed from {checkpoint} at step {global_step} (epoch {start_epoch}, batch {skip_batches})")
+        if accelerator.is_main_process:
+            truncate_metrics(output_dir / METRICS_FILE, global_step)
+        if global_step >= max_train_steps and (output_dir / "final").is_dir():
+            logger.info(
+                f"The run in {output_dir} is complete: {resume_from.name} is step {global_step} of "
+                f"{max_train_steps} and final/ is saved. Nothing to do; pass a larger --max_train_steps or "
+                "--num_train_epochs to extend it.",
+                main_process_only=True,
+            )
+            accelerator.end_training()
+            return
+        logger.info(
+            f"Resumed from {resume_from} at step {global_step} (epoch {start_epoch}, batch {skip_batches})",
+            main_process_only=True,
+        )
+        if state["max_train_steps"] != max_train_steps:
+            logger.info(
+                f"Extending the run from {state['max_train_steps']} to {max_train_steps} optimizer steps: the "
+                f"learning-rate schedule is recomputed for {max_train_steps}",
+                main_process_only=True,
+            )
 
     logger.info(
         f"{run_config['num_parameters']:,} parameters, {flops_per_image / 1e9:.3g} GFLOPs/image; "
@@ -181,6 +230,7 @@ def main(argv: list[str] | None = None):
             main_process_only=True,
         )
         if result["eval_top1"] > best_top1:
+            check_finite()
             best_top1, best_step = result["eval_top1"], global_step
             save_model_folder(accelerator, eval_model, settings, output_dir / "best")
         last_eval.update(step=global_step, result=result)
@@ -192,25 +242,49 @@ def main(argv: list[str] | None = None):
         nonlocal saved_step
         if saved_step == global_step:  # the step's checkpoint is also the epoch's (same weights, same RNG)
             return
+        check_finite()
         saved_step = global_step
         state = {
             "step": global_step,
             "epoch": epoch,
-            "batches_in_epoch": batches_in_epoch,
+            # A count of samples in the global order, which any process count can continue from.
+            "samples_in_epoch": batches_in_epoch * args.per_device_train_batch_size * accelerator.num_processes,
+            "global_batch_size": global_batch_size,
+            "num_processes": accelerator.num_processes,
+            "max_train_steps": max_train_steps,
             "best_top1": best_top1,
             "best_step": best_step,
         }
         path = save_checkpoint(accelerator, args.output_dir, global_step, state, args.checkpoints_total_limit)
         logger.info(f"Saved checkpoint {path}", main_process_only=True)
 
+    # Per-step values stay on the device and are read only when logging: no host sync per step.
+    step_losses, step_finite = [], []
+
+    def check_finite():
+        """Every rank checks the losses of the steps since the last check, before anything is saved or logged: a
+        non-finite one on any rank stops all of them, and no non-finite step reaches disk."""
+        nonlocal step_finite
+        if not step_finite:
+            return
+        finite = accelerator.reduce(torch.stack(step_finite).float(), "sum").cpu()
+        step_finite, bad = [], (finite < accelerator.num_processes).nonzero()
+        if len(bad):
+            bad_step = global_step - len(finite) + 1 + int(bad[0])
+            raise FloatingPointError(
+                f"Non-finite loss at step {bad_step}; stopping. The last checkpoint in {output_dir / 'checkpoints'} "
+                "is intact: lower --learning_rate or raise --num_warmup_steps"
+            )
+
     progress = tqdm(
         total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process, unit="step"
     )
-    # Per-step values stay on the device and are read only when logging: no host sync per step.
-    step_losses, step_finite, bad_images, seen_images = [], [], 0, 0
+    bad_images, seen_images, result = 0, 0, None
     log_start, log_images, start_time = time.perf_counter(), 0, time.perf_counter()
     model.train()
     for epoch in range(start_epoch, num_epochs):
+        if global_step >= max_train_steps:  # resumed at the last step
+            break
         loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
         # accelerate's loaders hand their own iteration count to the sampler when iterated: make it ours.
         if hasattr(loader, "set_epoch"):
@@ -259,17 +333,7 @@ def main(argv: list[str] | None = None):
             at_eval = bool(args.eval_steps) and global_step % args.eval_steps == 0
             at_checkpoint = bool(args.checkpointing_steps) and global_step % args.checkpointing_steps == 0
             if at_log or at_eval or at_checkpoint:
-                # Every rank checks: a non-finite loss on any rank stops all of them before anything is saved.
-                finite = accelerator.reduce(torch.stack(step_finite).float(), "sum").cpu()
-                if (finite < accelerator.num_processes).any():
-                    bad_step = (
-                        global_step - len(step_finite) + 1 + int((finite < accelerator.num_processes).nonzero()[0])
-                    )
-                    raise FloatingPointError(
-                        f"Non-finite loss at step {bad_step}; stopping. The last checkpoint in "
-                        f"{output_dir / 'checkpoints'} is intact: lower --learning_rate or raise --num_warmup_steps"
-                    )
-                step_finite = []
+                check_finite()
             if at_log:
                 loss_value = accelerator.reduce(torch.stack(step_losses).mean(), "mean").item()
                 elapsed = time.perf_counter() - log_start
@@ -297,16 +361,22 @@ def main(argv: list[str] | None = None):
             logger.warning(f"Epoch {epoch}: replaced {total_bad} unreadable images of {total_seen}")
         check_bad_images(total_bad, total_seen, data_args.max_bad_image_fraction)
         bad_images = seen_images = 0
+        check_finite()
         result = evaluate_and_keep_best(global_step / epoch_steps)
         model.train()
-        checkpoint(epoch + 1, 0)
+        # An epoch cut short by max_train_steps is checkpointed where it stopped, so that extending continues there.
+        epoch_done = batches_in_epoch >= num_batches
+        checkpoint(epoch + 1 if epoch_done else epoch, 0 if epoch_done else batches_in_epoch)
         if global_step >= max_train_steps:
             break
     progress.close()
+    if result is None:  # resumed at the end of a run whose final/ was not saved: only the saving is left
+        result = evaluate_and_keep_best(global_step / epoch_steps)
 
     in_sync = ranks_in_sync(model, accelerator)
     if not in_sync:
         logger.error("The processes ended with different parameters: gradient synchronisation is broken")
+    check_finite()
     final_model = ema.module if ema is not None else model
     save_model_folder(accelerator, final_model, settings, output_dir / "final")
     runtime = time.perf_counter() - start_time

@@ -6,7 +6,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from safetensors.torch import load_file
+
+from modeling_vit_custom.training.run_log import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
@@ -63,3 +67,15 @@ def run(command: list[str]) -> subprocess.CompletedProcess:
     result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return result
+
+
+def events(output_dir: Path, kind: str) -> list[dict]:
+    return [e for e in read_metrics(output_dir / "metrics.jsonl") if e["event"] == kind]
+
+
+def lr_by_step(output_dir: Path) -> dict[int, float]:
+    return {e["step"]: e["lr"] for e in events(output_dir, "train")}
+
+
+def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(output_dir / "final" / "model.safetensors")

@@ -12,33 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from launch import ROOT, TINY, environment, run, train_command, write_split
-from safetensors.torch import load_file
+from launch import ROOT, TINY, environment, events, final_weights, lr_by_step, run, train_command
 
 from modeling_vit_custom.data.sampling import EpochSampler, SeededSamples
 from modeling_vit_custom.training.arguments import parse_config_overrides
 from modeling_vit_custom.training.checkpoints import TRAINING_STATE, list_checkpoints, resolve_checkpoint
-from modeling_vit_custom.training.run_log import read_metrics
-
-
-@pytest.fixture(scope="module")
-def image_folders(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("data")
-    write_split(root / "train", [16, 16, 16], seed=0)
-    write_split(root / "validation", [34, 34, 33], seed=1)  # 101: not a multiple of any batch or process count
-    return root / "train", root / "validation"
-
-
-def events(output_dir: Path, kind: str) -> list[dict]:
-    return [e for e in read_metrics(output_dir / "metrics.jsonl") if e["event"] == kind]
-
-
-def lr_by_step(output_dir: Path) -> dict[int, float]:
-    return {e["step"]: e["lr"] for e in events(output_dir, "train")}
-
-
-def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(output_dir / "final" / "model.safetensors")
 
 
 @pytest.fixture(scope="module")

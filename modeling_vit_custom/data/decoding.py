@@ -30,7 +30,7 @@ def check_bad_images(num_bad: int, num_seen: int, max_fraction: float) -> None:
     if num_seen > 0 and num_bad / num_seen > max_fraction:
         raise TooManyBadImages(
             f"{num_bad} of {num_seen} images ({num_bad / num_seen:.2%}) could not be decoded, more than "
-            f"max_bad_image_fraction={max_fraction:.2%}; the first ones are logged with their index"
+            f"max_bad_image_fraction={max_fraction:.2%}; the first ones are logged with their index and file"
         )
 
 
@@ -70,6 +70,11 @@ class _BadImageCounter:
             logger.warning("Replacing undecodable image %s: %s: %s", key, error.__class__.__name__, error)
         if self.num_seen >= EARLY_BAD_CHECK_MIN_SAMPLES:
             check_bad_images(self.num_bad, self.num_seen, self.max_bad_fraction)
+
+
+def _file_of(encoded: dict) -> str:
+    """`, file NAME` for an image stored with its file name (an image folder, most parquet exports), else ''."""
+    return f", file {encoded['path']}" if encoded.get("path") else ""
 
 
 def undecoded(image_column_dataset):
@@ -126,7 +131,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
             try:
                 image = decode_image(encoded, self.transform)
             except IMAGE_ERRORS as e:
-                self.counter.bad(f"at index {i}", e)
+                self.counter.bad(f"at index {i}{_file_of(encoded)}", e)
                 replaced += 1
                 if replaced >= min(MAX_CONSECUTIVE_BAD, len(self.dataset)):
                     raise TooManyBadImages(
@@ -206,7 +211,10 @@ class StreamingImageClassificationDataset(torch.utils.data.IterableDataset):
             try:
                 image = decode_image(example["image"], self.transform)
             except IMAGE_ERRORS as e:
-                self.counter.bad(f"at stream position {position} (worker {worker.id if worker else 0})", e)
+                self.counter.bad(
+                    f"at stream position {position} (worker {worker.id if worker else 0}){_file_of(example['image'])}",
+                    e,
+                )
                 replaced += 1
                 if replaced >= MAX_CONSECUTIVE_BAD:
                     raise TooManyBadImages(f"{replaced} consecutive images could not be decoded") from e

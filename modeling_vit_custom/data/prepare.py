@@ -8,7 +8,7 @@ from pathlib import Path
 import datasets
 from PIL import Image
 
-from ..files import replacing
+from ..files import check_output_folder, replacing
 from .decoding import IMAGE_ERRORS, undecoded
 from .transforms import convert_image
 
@@ -43,29 +43,47 @@ def write_shrunk_parquet(
     quality: int = 90,
     num_proc: int | None = None,
 ) -> list[str]:
-    """Write `dataset` ("image", "label") through `shrink_image` as `split`-XXXXX-of-YYYYY.parquet shards, each under a
-    temporary name then renamed. An undecodable image is dropped and logged."""
+    """Write `dataset` ("image", "label") through `shrink_image` as `split`-XXXXX-of-YYYYY.parquet shards in
+    `output_dir`, never more shards than images. An undecodable image is dropped and logged with its row and file."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     source = undecoded(dataset)
 
-    def shrink_batch(batch):
+    def shrink_batch(batch, rows):
         images, labels = [], []
-        for index, (encoded, label) in enumerate(zip(batch["image"], batch["label"], strict=True)):
+        for row, encoded, label in zip(rows, batch["image"], batch["label"], strict=True):
             try:
                 images.append(shrink_image(encoded, shorter_side, quality))
             except IMAGE_ERRORS as e:
-                logger.warning("Dropping undecodable image %d of the batch: %s: %s", index, e.__class__.__name__, e)
+                where = f"row {row}" + (f" ({encoded['path']})" if encoded.get("path") else "")
+                logger.warning("Dropping undecodable image at %s: %s: %s", where, e.__class__.__name__, e)
                 continue
             labels.append(label)
         return {"image": images, "label": labels}
 
-    shrunk = source.map(shrink_batch, batched=True, batch_size=64, num_proc=num_proc, desc=f"Shrinking {split}")
+    shrunk = source.map(
+        shrink_batch, with_indices=True, batched=True, batch_size=64, num_proc=num_proc, desc=f"Shrinking {split}"
+    )
     shrunk = shrunk.cast_column("image", datasets.Image())
+    if num_shards > len(shrunk):
+        logger.warning("%s: %d images, so %d shards instead of %d", split, len(shrunk), len(shrunk), num_shards)
+        num_shards = max(1, len(shrunk))
     paths = []
     for index in range(num_shards):
         path = output_dir / f"{split}-{index:05d}-of-{num_shards:05d}.parquet"
-        with replacing(path) as staging:
-            shrunk.shard(num_shards, index, contiguous=True).to_parquet(str(staging))
+        shrunk.shard(num_shards, index, contiguous=True).to_parquet(str(path))
         paths.append(str(path))
     return paths
+
+
+def write_prepared_copy(
+    splits: dict[str, tuple[datasets.Dataset, int]], output_dir: str | os.PathLike, overwrite: bool = False, **options
+) -> dict[str, list[str]]:
+    """Every split ({name: (dataset, num_shards)}) through `write_shrunk_parquet` into `output_dir`, written whole
+    or not at all: a failure leaves no partial copy. Returns the shard paths of each split."""
+    output_dir = check_output_folder(output_dir, overwrite)
+    with replacing(output_dir, folder=True) as staging:
+        written = {
+            name: write_shrunk_parquet(ds, staging, name, shards, **options) for name, (ds, shards) in splits.items()
+        }
+    return {name: [str(output_dir / Path(path).name) for path in paths] for name, paths in written.items()}

@@ -80,6 +80,16 @@ def _file_builder(pattern: str) -> str:
     raise ValueError(f"{pattern}: expected .parquet or .arrow files, got {sorted(extensions)}")
 
 
+def _check_class_folders(flag: str, folder: Path) -> None:
+    """An image folder whose class subfolder holds no file would give a model without that class, silently."""
+    empty = sorted(d.name for d in folder.iterdir() if d.is_dir() and not any(p.is_file() for p in d.rglob("*")))
+    if empty:
+        raise ValueError(
+            f"--{flag} {folder}: expected every class folder to hold images, got empty ones {empty}; add images or "
+            "remove the folders (the classes would be missing from the model)"
+        )
+
+
 def _load_local(builder: str, data_files: dict, args: DataArguments):
     """A local source through a packaged builder, without the download and split-generation progress bars that
     say nothing for files already on this machine."""
@@ -111,6 +121,8 @@ def _load_raw(args: DataArguments, include_train: bool = True) -> datasets.Datas
         for flag, folder in (("train_dir", args.train_dir), ("validation_dir", args.validation_dir)):
             if folder is not None and not Path(folder).is_dir():
                 raise FileNotFoundError(f"--{flag} {folder}: expected a folder of class subfolders, got no folder")
+            if folder is not None:
+                _check_class_folders(flag, Path(folder))
         data_files = {}
         if args.train_dir and (include_train or not args.validation_dir):
             data_files[args.train_split] = os.path.join(args.train_dir, "**")

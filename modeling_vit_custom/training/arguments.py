@@ -27,6 +27,19 @@ class ModelArguments:
     image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
 
+    def __post_init__(self):
+        if self.model != "vit_custom" and not (self.model.startswith("timm:") and len(self.model) > len("timm:")):
+            raise ValueError(f"--model: expected 'vit_custom' or 'timm:<name>', got {self.model!r}")
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise ValueError(f"--crop_pct: expected a value in (0, 1], got {self.crop_pct!r}")
+        if len(self.image_mean) != len(self.image_std) or len(self.image_mean) not in (1, 3):
+            raise ValueError(
+                f"--image_mean/--image_std: expected 1 or 3 values each (one per channel), got {self.image_mean} and "
+                f"{self.image_std}"
+            )
+        if any(value <= 0 for value in self.image_std):
+            raise ValueError(f"--image_std: expected positive values, got {self.image_std}")
+
     def preprocess_settings(self, image_size: int):
         from ..image_processing import PreprocessSettings
 
@@ -68,12 +81,52 @@ class TrainingArguments:
     logging_steps: int = 50
     eval_steps: int | None = field(default=None, metadata={"help": "Also evaluate every N steps (always per epoch)."})
     checkpointing_steps: int | None = field(default=None, metadata={"help": "Also checkpoint every N steps."})
-    checkpoints_total_limit: int = 2
+    checkpoints_total_limit: int = field(default=2, metadata={"help": "Keep the newest N checkpoints (N >= 1)."})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace the previous run in output_dir instead of refusing to start."}
+    )
+    ddp_timeout: int = field(
+        default=1800, metadata={"help": "Seconds a process waits for the others in a collective before it fails."}
+    )
     report_to: str = "tensorboard"
     push_to_hub: bool = False
     hub_model_id: str | None = None
     hub_private: bool = False
+
+    def __post_init__(self):
+        """Every value checked here, before any data is read or compute spent; checks that need torch or the run
+        directory are `training.models.check_run_settings`."""
+        positive = [
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "logging_steps",
+            "checkpoints_total_limit",
+            "ddp_timeout",
+        ]
+        for name in positive:
+            _expect(self, name, getattr(self, name) >= 1, "a positive integer")
+        for name in ("max_train_steps", "eval_steps", "checkpointing_steps"):
+            value = getattr(self, name)
+            _expect(self, name, value is None or value >= 1, "a positive integer or unset")
+        _expect(self, "num_train_epochs", self.num_train_epochs > 0, "a positive number")
+        _expect(self, "learning_rate", self.learning_rate > 0, "a positive learning rate per 512 images")
+        for name in ("weight_decay", "max_grad_norm", "num_warmup_steps", "warmup_epochs", "num_workers"):
+            _expect(self, name, getattr(self, name) >= 0, "a value >= 0")
+        for name in ("adam_beta1", "adam_beta2"):
+            _expect(self, name, 0.0 <= getattr(self, name) < 1.0, "a value in [0, 1)")
+        _expect(self, "ema_decay", self.ema_decay is None or 0.0 < self.ema_decay < 1.0, "a value in (0, 1) or unset")
+        _expect(self, "mixed_precision", self.mixed_precision in (None, "no", "bf16", "fp16"), "no, bf16 or fp16")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("--push_to_hub: expected --hub_model_id (e.g. user/vit-custom) to push to, got none")
+        if self.resume_from_checkpoint and self.overwrite_output_dir:
+            raise ValueError("--resume_from_checkpoint and --overwrite_output_dir: expected one of them, got both")
+
+
+def _expect(args, name: str, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"--{name}: expected {expected}, got {getattr(args, name)!r}")
 
 
 def parse_args(dataclass_types: Sequence[type], argv: list[str] | None = None) -> tuple:
@@ -84,7 +137,10 @@ def parse_args(dataclass_types: Sequence[type], argv: list[str] | None = None) -
     config_path = parser.parse_known_args(argv)[0].config
     if config_path is not None:
         parser.set_defaults(**load_recipe(config_path, parser))
-    *parsed, _ = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        *parsed, _ = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as error:  # a value the dataclasses refuse: the usage line and the message, exit code 2
+        parser.error(str(error))
     return tuple(parsed)
 
 
@@ -124,3 +180,29 @@ def parse_config_overrides(overrides: str | None) -> dict:
 
 def to_jsonable(*dataclass_objects) -> dict:
     return {k: v for obj in dataclass_objects for k, v in dataclasses.asdict(obj).items()}
+
+
+def check_environment(args: TrainingArguments) -> None:
+    """The checks of the training flags that need torch or the libraries (run before any data is read): settings
+    this machine cannot apply are refused by name, not silently replaced."""
+    import torch
+    from accelerate.utils import LoggerType
+    from huggingface_hub import is_offline_mode
+    from transformers import SchedulerType
+
+    schedulers = [kind.value for kind in SchedulerType]
+    if args.lr_scheduler_type not in schedulers:
+        raise ValueError(f"--lr_scheduler_type: expected one of {schedulers}, got {args.lr_scheduler_type!r}")
+    trackers = ["none", *(kind.value for kind in LoggerType)]
+    if args.report_to not in trackers:
+        raise ValueError(f"--report_to: expected one of {trackers}, got {args.report_to!r}")
+    if args.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError(
+            "--mixed_precision fp16: expected a GPU (fp16 autocast with loss scaling runs on CUDA), got none; on CPU "
+            "use bf16 or no"
+        )
+    if args.push_to_hub and is_offline_mode():
+        raise ValueError(
+            f"--push_to_hub: HF_HUB_OFFLINE is set, so the upload to {args.hub_model_id!r} would fail after training; "
+            "unset it, or train without --push_to_hub and run scripts/push_to_hub.py later"
+        )

@@ -7,6 +7,11 @@ from pathlib import Path
 
 from ..files import commit, staging_path
 
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written; the earlier ones are untouched."""
+
+
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
 TRAINING_STATE = "training_state.json"
 
@@ -19,9 +24,17 @@ def save_checkpoint(accelerator, output_dir: str, step: int, state: dict, total_
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
+    try:
+        accelerator.save_state(str(staging))
+        if accelerator.is_main_process:
+            (staging / TRAINING_STATE).write_text(json.dumps(state))
+    except Exception as error:  # OSError, or the serialiser's own error type, for a full or refusing file system
+        previous = list_checkpoints(output_dir)
+        raise CheckpointWriteError(
+            f"Could not write the checkpoint of step {step} to {staging} ({error}); stopping. "
+            + (f"The previous checkpoint {previous[-1]} is intact." if previous else "No earlier checkpoint exists.")
+        ) from error
     if accelerator.is_main_process:
-        (staging / TRAINING_STATE).write_text(json.dumps(state))
         commit(staging, final)
         for old in list_checkpoints(output_dir)[:-total_limit]:
             shutil.rmtree(old)
@@ -52,3 +65,26 @@ def resolve_checkpoint(output_dir: str, resume_from_checkpoint: str) -> Path:
 
 def read_training_state(checkpoint: Path) -> dict:
     return json.loads((checkpoint / TRAINING_STATE).read_text())
+
+
+def resume_batches(state: dict, per_device_batch_size: int, num_processes: int, global_batch_size: int) -> int:
+    """Per-process batches to skip in the checkpoint's epoch so that the run continues at the same sample of the
+    same global order, on this number of processes; refuses, saying what would differ, when it cannot.
+
+    The sampler's order is global and each process reads every num_processes-th batch of it, so a position is a count
+    of samples: it carries over to any process count whose per-step micro-batch (batch x processes) divides it."""
+    if state["global_batch_size"] != global_batch_size:
+        raise ValueError(
+            f"--resume_from_checkpoint: the checkpoint was trained at global batch {state['global_batch_size']} "
+            f"({state['num_processes']} processes), this run's is {global_batch_size} ({num_processes} processes x "
+            f"--per_device_train_batch_size x --gradient_accumulation_steps): the learning rate, the schedule and the "
+            "samples of each step would differ; set them so that the global batch is the checkpoint's"
+        )
+    micro_batch = per_device_batch_size * num_processes
+    if state["samples_in_epoch"] % micro_batch:
+        raise ValueError(
+            f"--resume_from_checkpoint: the checkpoint stopped {state['samples_in_epoch']} samples into its epoch, "
+            f"which is not a whole number of this run's micro-batches of {micro_batch} ({num_processes} processes x "
+            f"{per_device_batch_size}): the run could not continue at the same sample"
+        )
+    return state["samples_in_epoch"] // micro_batch

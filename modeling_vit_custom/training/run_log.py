@@ -4,15 +4,18 @@ by `scripts/train.py` and read back, with the same event and field names, by the
 import dataclasses
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..files import read_json, replacing
+from ..files import read_json, replacing, write_text
 
 METRICS_FILE = "metrics.jsonl"
 RUN_CONFIG_FILE = "run_config.json"
 CURVES_FILE = "training_curves.png"
 TRAIN_EVENT, EVAL_EVENT, SUMMARY_EVENT = "train", "eval", "summary"
+# What a run writes into its output_dir (TensorBoard's logs go to a folder named after the project).
+RUN_ENTRIES = (METRICS_FILE, RUN_CONFIG_FILE, CURVES_FILE, "checkpoints", "best", "final", "vit_custom")
 
 
 @dataclass
@@ -144,3 +147,36 @@ def plot_metrics(metrics_path: Path, output_path: Path):
     with replacing(output_path) as staging:
         fig.savefig(staging, dpi=100, format="png")
     plt.close(fig)
+
+
+def check_output_dir(output_dir: str | os.PathLike, resume: bool, overwrite: bool) -> None:
+    """Refuses an output_dir that holds a previous run unless the run is resumed or to be replaced (transformers'
+    convention), so that no metrics.jsonl gets two runs and no best/ or final/ is overwritten unasked."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"--output_dir {output_dir}: expected a folder, got a file")
+    previous = [name for name in RUN_ENTRIES if (output_dir / name).exists()]
+    if previous and not resume and not overwrite:
+        raise FileExistsError(
+            f"--output_dir {output_dir}: expected a new or empty folder, got one holding a previous run "
+            f"({', '.join(previous)}); pass --resume_from_checkpoint latest to continue it, or --overwrite_output_dir "
+            "to replace it"
+        )
+
+
+def clear_previous_run(output_dir: str | os.PathLike) -> None:
+    """Removes what an earlier run wrote into output_dir (and nothing else there)."""
+    for name in RUN_ENTRIES:
+        path = Path(output_dir) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def truncate_metrics(path: str | os.PathLike, step: int) -> None:
+    """Keeps the events up to `step`: a run resumed from the checkpoint at `step` logs the later steps again."""
+    path = Path(path)
+    if path.is_file():
+        events = [e for e in read_metrics(path) if e.get("step", e.get("total_steps", 0)) <= step]
+        write_text(path, "".join(json.dumps(event) + "\n" for event in events))

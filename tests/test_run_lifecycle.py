@@ -1,0 +1,193 @@
+"""The life of a run, launched for real: finished runs resumed or extended, output folders that hold a run, bad
+settings refused before any data is read, non-finite steps that never reach disk, faults during saving."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from launch import ROOT, TINY, environment, events, lr_by_step, run, train_command, write_split
+from PIL import Image
+
+from modeling_vit_custom.training.checkpoints import TRAINING_STATE, list_checkpoints
+
+
+def fails(command: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode != 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result
+
+
+def training_state(output_dir: Path, step: int) -> dict:
+    return json.loads((output_dir / "checkpoints" / f"step_{step}" / TRAINING_STATE).read_text())
+
+
+def test_finished_run_resumes_as_complete_and_extends_from_where_it_stopped(image_folders, tmp_path):
+    """6 steps an epoch; stopped by --max_train_steps 4 in the middle of epoch 0, then extended to 9 steps."""
+    base = ("--per_device_train_batch_size", "8")
+    out = tmp_path / "run"
+    run(train_command(image_folders, out, *base, "--max_train_steps", "4"))
+    # The epoch was cut short after 4 of its 6 batches: the checkpoint says so.
+    assert training_state(out, 4) | {"epoch": 0, "samples_in_epoch": 32} == training_state(out, 4)
+    final_mtime = (out / "final" / "model.safetensors").stat().st_mtime_ns
+
+    same = run(
+        train_command(image_folders, out, *base, "--max_train_steps", "4", "--resume_from_checkpoint", "latest")
+    )
+    assert "is complete: step_4 is step 4 of 4 and final/ is saved" in same.stderr
+    assert (out / "final" / "model.safetensors").stat().st_mtime_ns == final_mtime
+    assert len(events(out, "summary")) == 1
+
+    extended = run(
+        train_command(image_folders, out, *base, "--max_train_steps", "9", "--resume_from_checkpoint", "latest")
+    )
+    assert "Extending the run from 4 to 9 optimizer steps" in extended.stderr
+    assert events(out, "summary")[-1]["total_steps"] == 9
+    assert [e["step"] for e in events(out, "train")] == list(range(1, 10))
+    # Steps 5 and 6 finished epoch 0; steps 7-9 are the first 3 batches of epoch 1.
+    assert training_state(out, 9) | {"epoch": 1, "samples_in_epoch": 24} == training_state(out, 9)
+    # The schedule after the extension is a 9-step run's.
+    reference = tmp_path / "reference"
+    run(train_command(image_folders, reference, *base, "--max_train_steps", "9"))
+    assert [lr_by_step(out)[step] for step in range(5, 10)] == [lr_by_step(reference)[step] for step in range(5, 10)]
+
+
+def test_a_non_finite_step_never_reaches_disk(image_folders, tmp_path):
+    """No log, evaluation or checkpoint step inside the epoch: the loss turns non-finite at step 2 and the first save
+    would be the end-of-epoch evaluation (best/) and checkpoint. Neither happens."""
+    out = tmp_path / "run"
+    args = ("--per_device_train_batch_size", "8", "--learning_rate", "1e38", "--num_warmup_steps", "0",
+            "--logging_steps", "100", "--num_train_epochs", "1")  # fmt: skip
+    result = fails(train_command(image_folders, out, *args))
+    assert "Non-finite loss at step 2; stopping" in result.stderr
+    assert list_checkpoints(out) == []
+    assert not (out / "best").exists() and not (out / "final").exists()
+
+
+def test_an_output_dir_holding_a_run_is_refused_unless_resumed_or_overwritten(image_folders, tmp_path):
+    out = tmp_path / "run"
+    args = ("--per_device_train_batch_size", "8", "--max_train_steps", "2")
+    run(train_command(image_folders, out, *args))
+    metrics = (out / "metrics.jsonl").read_text()
+    result = fails(train_command(image_folders, out, *args))
+    assert f"--output_dir {out}: expected a new or empty folder, got one holding a previous run" in result.stderr
+    assert "pass --resume_from_checkpoint latest to continue it, or --overwrite_output_dir" in result.stderr
+    assert (out / "metrics.jsonl").read_text() == metrics
+
+    run(train_command(image_folders, out, *args, "--max_train_steps", "3", "--overwrite_output_dir"))
+    assert len(events(out, "summary")) == 1 and events(out, "summary")[0]["total_steps"] == 3
+    assert [p.name for p in list_checkpoints(out)] == ["step_3"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--logging_steps", "0"], "--logging_steps: expected a positive integer, got 0"),
+        (["--checkpoints_total_limit", "0"], "--checkpoints_total_limit: expected a positive integer, got 0"),
+        (["--learning_rate", "-1"], "--learning_rate: expected a positive learning rate per 512 images, got -1.0"),
+        (["--push_to_hub"], "--push_to_hub: expected --hub_model_id"),
+        (["--mixed_precision", "fp16"], "--mixed_precision fp16: expected a GPU"),
+        (["--lr_scheduler_type", "cosin"], "--lr_scheduler_type: expected one of"),
+        (["--report_to", "tensorbord"], "--report_to: expected one of"),
+        (["--resume_from_checkpoint", "latest"], "--resume_from_checkpoint latest: no complete checkpoint"),
+        (["--model", "timm"], "--model: expected 'vit_custom' or 'timm:<name>', got 'timm'"),
+    ],
+)
+def test_bad_settings_are_refused_before_any_data_is_read(tmp_path, flags, message):
+    """The data folders do not exist: a message about the flag, not about the data, shows it was checked first."""
+    missing = tmp_path / "no_such_folder"
+    command = [sys.executable, str(ROOT / "scripts/train.py"), "--train_dir", str(missing), "--validation_dir",
+               str(missing), "--output_dir", str(tmp_path / "run"), "--report_to", "none", *flags]  # fmt: skip
+    result = fails(command, timeout=120)
+    assert message in result.stderr
+    assert "no_such_folder" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_data_problems_are_named(image_folders, tmp_path):
+    missing = tmp_path / "missing"
+    result = fails(train_command((missing, image_folders[1]), tmp_path / "a"))
+    assert f"--train_dir {missing}: expected a folder of class subfolders, got no folder" in result.stderr
+
+    train = tmp_path / "train"
+    write_split(train, [4, 4, 4], seed=0)
+    (train / "purple").mkdir()
+    result = fails(train_command((train, image_folders[1]), tmp_path / "b"))
+    assert "expected every class folder to hold images, got empty ones ['purple']" in result.stderr
+
+    (train / "purple").rmdir()
+    broken = train / "red" / "broken.png"
+    broken.write_bytes(b"not an image")
+    out = tmp_path / "c"
+    result = run(
+        train_command((train, image_folders[1]), out, "--max_train_steps", "2", "--max_bad_image_fraction", "0.5")
+    )
+    assert f"file {broken}" in result.stderr
+
+
+def test_prepared_copy_never_has_more_shards_than_images_and_is_written_whole(tmp_path):
+    data = tmp_path / "data"
+    write_split(data / "train", [4, 3, 3], seed=0)
+    write_split(data / "validation", [1, 1, 1], seed=1)
+    out = tmp_path / "prepared"
+    command = [sys.executable, str(ROOT / "scripts/prepare_dataset.py"), "--train_dir", str(data / "train"),
+               "--validation_dir", str(data / "validation"), "--output_dir", str(out)]  # fmt: skip
+    run(command)
+    assert sorted(p.name for p in out.iterdir()) == [f"train-{i:05d}-of-00010.parquet" for i in range(10)] + [
+        f"validation-{i:05d}-of-00003.parquet" for i in range(3)
+    ]
+    # A failure half-way (an image folder without labels for validation) leaves no partial copy behind.
+    Image.new("RGB", (8, 8)).save(data / "validation" / "stray.png")
+    failed = tmp_path / "failed"
+    fails([*command[:-1], str(failed)])
+    assert not failed.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.slow
+def test_sigkill_while_a_checkpoint_is_written_leaves_the_previous_one_as_latest(image_folders, tmp_path):
+    """The run is killed while the second checkpoint's weights are being written (a model of 3M parameters, so the
+    write takes long enough to be caught in the middle)."""
+    out = tmp_path / "run"
+    wide = TINY.replace("hidden_size=32", "hidden_size=384").replace("intermediate_size=64", "intermediate_size=1536")
+    args = ("--per_device_train_batch_size", "8", "--checkpointing_steps", "2", "--num_train_epochs", "2",
+            "--checkpoints_total_limit", "1", "--model_config_overrides", wide)  # fmt: skip
+    process = subprocess.Popen(
+        train_command(image_folders, out, *args), env=environment(), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    staging, deadline = out / "checkpoints" / ".tmp_step_4", time.monotonic() + 300
+    while not (staging / "model.safetensors").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its second checkpoint"
+        time.sleep(0.0005)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "checkpoints" / "step_4").exists(), "the kill came after the checkpoint was complete"
+    assert [p.name for p in list_checkpoints(out)] == ["step_2"]
+    result = run(train_command(image_folders, out, *args, "--resume_from_checkpoint", "latest"))
+    assert f"Resumed from {out / 'checkpoints' / 'step_2'} at step 2" in result.stderr
+    assert events(out, "summary")[-1]["total_steps"] == 12
+
+
+def test_a_failing_checkpoint_write_stops_the_run_and_keeps_the_previous_checkpoint(image_folders, tmp_path):
+    """A finished 2-step run is extended while the file system refuses the next checkpoint (an immutable folder
+    where it must be staged, which even root cannot write into)."""
+    out = tmp_path / "run"
+    args = ("--per_device_train_batch_size", "8", "--checkpointing_steps", "2")
+    run(train_command(image_folders, out, *args, "--max_train_steps", "2"))
+    blocked = out / "checkpoints" / ".tmp_step_4"
+    blocked.mkdir()
+    if subprocess.run(["chattr", "+i", str(blocked)], capture_output=True).returncode != 0:
+        pytest.skip("this file system cannot make a folder immutable (chattr +i)")
+    try:
+        result = fails(train_command(image_folders, out, *args, "--max_train_steps", "6", "--resume_from_checkpoint",
+                                     "latest"))  # fmt: skip
+    finally:
+        subprocess.run(["chattr", "-i", str(blocked)], check=True)
+    assert f"Could not write the checkpoint of step 4 to {blocked}" in result.stderr
+    assert f"The previous checkpoint {out / 'checkpoints' / 'step_2'} is intact" in result.stderr
+    assert [p.name for p in list_checkpoints(out)] == ["step_2"]
+    assert training_state(out, 2)["step"] == 2

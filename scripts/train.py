@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None):
             state, args.per_device_train_batch_size, accelerator.num_processes, global_batch_size
         )
         accelerator.load_state(str(resume_from))
+        # accelerate counts micro-batches within the epoch to know when to synchronise; count this run's, not the
+        # checkpoint's (another process count or accumulation gives another count for the same position).
+        accelerator.step = skip_batches
         global_step, start_epoch = state["step"], state["epoch"]
         best_top1, best_step = state["best_top1"], state["best_step"]
         if accelerator.is_main_process:

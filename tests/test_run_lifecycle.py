@@ -3,14 +3,17 @@ settings refused before any data is read, non-finite steps that never reach disk
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
-from launch import ROOT, TINY, environment, events, lr_by_step, run, train_command, write_split
+import torch
+from launch import ROOT, TINY, environment, events, final_weights, lr_by_step, run, train_command, write_split
 from PIL import Image
 
 from modeling_vit_custom.training.checkpoints import TRAINING_STATE, list_checkpoints
@@ -191,3 +194,62 @@ def test_a_failing_checkpoint_write_stops_the_run_and_keeps_the_previous_checkpo
     assert f"The previous checkpoint {out / 'checkpoints' / 'step_2'} is intact" in result.stderr
     assert [p.name for p in list_checkpoints(out)] == ["step_2"]
     assert training_state(out, 2)["step"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2)], ids=["2-to-1", "1-to-2"])
+def test_resume_on_another_process_count_continues_the_same_global_order(image_folders, tmp_path, before, after):
+    """Global batch 8 as 2 processes x 4, or 1 process x 4 x 2 accumulation steps: the same samples make each step
+    (augmentation is seeded per sample, erasing is off), so a run resumed on the other layout ends with the weights
+    of the uninterrupted one, up to the order of float additions."""
+    layouts = {1: ("--gradient_accumulation_steps", "2"), 2: ()}
+    args = ("--num_train_epochs", "2", "--checkpointing_steps", "4", "--checkpoints_total_limit", "5",
+            "--random_erasing", "0")  # fmt: skip
+    reference = tmp_path / "reference"
+    run(train_command(image_folders, reference, *args, *layouts[before], processes=before))
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(reference / "checkpoints" / "step_4", resumed / "checkpoints" / "step_4")
+    result = run(train_command(image_folders, resumed, *args, *layouts[after], "--resume_from_checkpoint", "latest",
+                               processes=after))  # fmt: skip
+    assert "at step 4 (epoch 0, batch " in result.stderr
+    expected, got = final_weights(reference), final_weights(resumed)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=2e-5, msg=name)
+    assert lr_by_step(resumed) == {step: lr for step, lr in lr_by_step(reference).items() if step > 4}
+
+
+def test_resume_at_another_global_batch_is_refused_saying_what_would_differ(image_folders, tmp_path):
+    out = tmp_path / "run"
+    run(train_command(image_folders, out, "--per_device_train_batch_size", "8", "--max_train_steps", "2"))
+    result = fails(train_command(image_folders, out, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"))
+    assert "the checkpoint was trained at global batch 8 (1 processes), this run's is 4" in result.stderr
+    assert "the learning rate, the schedule and the samples of each step would differ" in result.stderr
+    assert len(events(out, "summary")) == 1
+
+
+@pytest.mark.slow
+def test_a_dead_process_stops_the_other_within_the_timeout(image_folders, tmp_path):
+    """Rank 1 is SIGKILLed in the middle of training: the run ends, with an error, well within --ddp_timeout."""
+    out = tmp_path / "run"
+    command = train_command(image_folders, out, "--num_train_epochs", "50", "--ddp_timeout", "30", processes=2)
+    process = subprocess.Popen(command, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "checkpoints").is_dir():
+            assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first epoch"
+            time.sleep(0.1)
+        workers = [
+            p for p in psutil.Process(process.pid).children(recursive=True) if "train.py" in " ".join(p.cmdline())
+        ]
+        (rank_1,) = [p for p in workers if p.environ().get("RANK") == "1"]
+        rank_1.kill()
+        killed = time.monotonic()
+        _, stderr = process.communicate(timeout=120)
+        assert time.monotonic() - killed < 30
+        assert process.returncode != 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert not (out / "final").exists()

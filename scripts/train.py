@@ -121,8 +121,6 @@ def main(argv: list[str] | None = None):
     global_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     lr = scaled_learning_rate(args.learning_rate, global_batch_size)
     optimizer = create_optimizer(model, args, lr)
-    if args.torch_compile:
-        model = torch.compile(model)
 
     streaming = data_args.streaming
     if streaming:
@@ -152,6 +150,10 @@ def main(argv: list[str] | None = None):
     ema = ModelEmaV3(accelerator.unwrap_model(model), decay=args.ema_decay) if args.ema_decay else None
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
+    if args.torch_compile:
+        # Compiled in place (nn.Module.compile): the module keeps its class and its parameter names, so saving,
+        # checkpoints, the EMA copy made above and resuming with or without compile all see the plain model.
+        accelerator.unwrap_model(model).compile()
 
     run_config = {
         **to_jsonable(model_args, data_args, aug_args, args),

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None):
     )
     model, loader = accelerator.prepare(model, loader)
     start = time.perf_counter()
-    result = run_evaluation(model, loader, Normalize(settings), accelerator)
+    result = run_evaluation(model, loader, Normalize(settings), accelerator, num_classes)
     result["images_per_second"] = result["eval_samples"] / (time.perf_counter() - start)
     if accelerator.is_main_process:
         print(json.dumps(result, indent=2))

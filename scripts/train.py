@@ -9,6 +9,7 @@ The run directory holds checkpoints/step_N/, metrics.jsonl, best/ and final/ (se
 training_curves.png.
 """
 
+import itertools
 import json
 import math
 import time
@@ -92,7 +93,9 @@ def main(argv: list[str] | None = None):
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=args.ddp_timeout))],
     )
     setup_logging(timestamps=True)
-    set_seed(args.seed)
+    # Every process draws its own dropout, drop-path, mixup / cutmix and erasing randomness (DeiT seeds seed + rank);
+    # each sample's augmentation is seeded by (seed, epoch, index) whatever the process.
+    set_seed(args.seed, device_specific=True)
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
         if args.overwrite_output_dir:
@@ -128,11 +131,18 @@ def main(argv: list[str] | None = None):
         model, optimizer = accelerator.prepare(model, optimizer)
     else:
         model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-    try:
+    if not streaming:
         num_batches = len(train_loader)
-    except TypeError as err:  # a stream whose length the source does not record
-        if not args.max_train_steps:
-            raise ValueError("--streaming from a source of unknown length: pass --max_train_steps") from err
+    elif splits.train_size is not None:
+        # Every process reads the same number of batches from its shards, so that their collectives pair up.
+        num_batches = splits.train_size // (args.per_device_train_batch_size * accelerator.num_processes)
+    elif not args.max_train_steps or args.warmup_epochs:
+        raise ValueError(
+            "--streaming from a source that does not record its length: epochs cannot be counted, so expected "
+            f"--max_train_steps and no --warmup_epochs, got max_train_steps={args.max_train_steps}, "
+            f"warmup_epochs={args.warmup_epochs}; or stream a saved dataset (--dataset_path), which knows its length"
+        )
+    else:  # one pass of max_train_steps
         num_batches = args.max_train_steps * args.gradient_accumulation_steps
     if num_batches == 0:
         raise ValueError(
@@ -147,7 +157,9 @@ def main(argv: list[str] | None = None):
     # that save_state / load_state still checkpoint it.
     scheduler = create_scheduler(optimizer, args, epoch_steps, max_train_steps)
     accelerator.register_for_checkpointing(scheduler)
-    ema = ModelEmaV3(accelerator.unwrap_model(model), decay=args.ema_decay) if args.ema_decay else None
+    ema = None
+    if args.ema_decay:
+        ema = ModelEmaV3(accelerator.unwrap_model(model), decay=args.ema_decay, use_warmup=args.ema_warmup)
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
     if args.torch_compile:
@@ -205,6 +217,13 @@ def main(argv: list[str] | None = None):
             f"Resumed from {resume_from} at step {global_step} (epoch {start_epoch}, batch {skip_batches})",
             main_process_only=True,
         )
+        if streaming and skip_batches:
+            logger.info(
+                f"The stream is read again from the start of epoch {start_epoch} and its first {skip_batches} "
+                "batches skipped: its order is fixed by (seed, epoch) and --num_workers, so the run continues with "
+                "the same samples if --num_workers is unchanged",
+                main_process_only=True,
+            )
         if state["max_train_steps"] != max_train_steps:
             logger.info(
                 f"Extending the run from {state['max_train_steps']} to {max_train_steps} optimizer steps: the "
@@ -225,19 +244,25 @@ def main(argv: list[str] | None = None):
         nonlocal best_top1, best_step
         if last_eval.get("step") == global_step:  # the step's evaluation is also the epoch's
             return last_eval["result"]
-        eval_model = ema.module if ema is not None else model
-        result = run_evaluation(eval_model, eval_loader, eval_normalize, accelerator, prepared=not streaming)
+        # As DeiT: the raw model is measured and chooses best/; the EMA model is measured beside it.
+        result = run_evaluation(model, eval_loader, eval_normalize, accelerator, num_classes, prepared=not streaming)
+        summary = f"top-1 {100 * result['eval_top1']:.2f}%, top-5 {100 * result['eval_top5']:.2f}%"
+        if ema is not None:
+            ema_result = run_evaluation(
+                ema.module, eval_loader, eval_normalize, accelerator, num_classes, prepared=not streaming
+            )
+            result.update({key.replace("eval_", "eval_ema_"): value for key, value in ema_result.items()})
+            summary += f" (EMA: top-1 {100 * result['eval_ema_top1']:.2f}%)"
         metrics.write(EVAL_EVENT, step=global_step, epoch=epoch, **result)
         accelerator.log(result, step=global_step)
         logger.info(
-            f"step {global_step}: eval loss {result['eval_loss']:.4f}, top-1 {100 * result['eval_top1']:.2f}%, "
-            f"top-5 {100 * result['eval_top5']:.2f}% on {result['eval_samples']} samples",
+            f"step {global_step}: eval loss {result['eval_loss']:.4f}, {summary} on {result['eval_samples']} samples",
             main_process_only=True,
         )
         if result["eval_top1"] > best_top1:
             check_finite()
             best_top1, best_step = result["eval_top1"], global_step
-            save_model_folder(accelerator, eval_model, settings, output_dir / "best")
+            save_model_folder(accelerator, model, settings, output_dir / "best")
         last_eval.update(step=global_step, result=result)
         return result
 
@@ -295,6 +320,8 @@ def main(argv: list[str] | None = None):
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
         train_sampler.set_epoch(epoch)
+        if streaming:
+            loader = itertools.islice(loader, num_batches - skip_batches)
         batches_in_epoch, skip_batches = skip_batches, 0
         micro_losses = []
         for batch in loader:
@@ -366,6 +393,12 @@ def main(argv: list[str] | None = None):
             logger.warning(f"Epoch {epoch}: replaced {total_bad} unreadable images of {total_seen}")
         check_bad_images(total_bad, total_seen, data_args.max_bad_image_fraction)
         bad_images = seen_images = 0
+        if streaming and batches_in_epoch < num_batches and global_step < max_train_steps:
+            raise RuntimeError(
+                f"Process {accelerator.process_index}'s shards of the stream ended after {batches_in_epoch} of the "
+                f"epoch's {num_batches} batches: the shards hold unequal numbers of images. Write equal shards (e.g. "
+                "scripts/prepare_dataset.py) in a number that is a multiple of processes x workers"
+            )
         check_finite()
         result = evaluate_and_keep_best(global_step / epoch_steps)
         model.train()
@@ -382,8 +415,9 @@ def main(argv: list[str] | None = None):
     if not in_sync:
         logger.error("The processes ended with different parameters: gradient synchronisation is broken")
     check_finite()
-    final_model = ema.module if ema is not None else model
-    save_model_folder(accelerator, final_model, settings, output_dir / "final")
+    save_model_folder(accelerator, model, settings, output_dir / "final")
+    if ema is not None:
+        save_model_folder(accelerator, ema.module, settings, output_dir / "final_ema")
     runtime = time.perf_counter() - start_time
     metrics.write_summary(
         RunSummary(
@@ -391,6 +425,7 @@ def main(argv: list[str] | None = None):
             best_step=best_step,
             final_eval_top1=result["eval_top1"],
             final_eval_top5=result["eval_top5"],
+            final_eval_ema_top1=result.get("eval_ema_top1"),
             train_runtime_s=runtime,
             total_steps=global_step,
             ranks_in_sync=in_sync,

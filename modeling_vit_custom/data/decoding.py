@@ -25,6 +25,14 @@ class TooManyBadImages(RuntimeError):
     """More than the allowed fraction of images could not be decoded."""
 
 
+def check_label(label: int, num_classes: int, where: str) -> None:
+    if not 0 <= label < num_classes:
+        raise ValueError(
+            f"{where}: expected labels in [0, {num_classes}), got {label} (an unlabelled split, such as ImageNet-1k's "
+            "test split, cannot be trained or evaluated on)"
+        )
+
+
 def check_bad_images(num_bad: int, num_seen: int, max_fraction: float) -> None:
     """Raise TooManyBadImages when num_bad / num_seen > max_fraction; num_seen counts the bad samples too."""
     if num_seen > 0 and num_bad / num_seen > max_fraction:
@@ -181,6 +189,7 @@ class StreamingImageClassificationDataset(torch.utils.data.IterableDataset):
             )
         self.dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
         self.world_size = world_size
+        self.num_classes = hf_iterable.features["label"].num_classes
         self.transform = transform
         self.counter = _BadImageCounter(max_bad_fraction)
 
@@ -208,6 +217,7 @@ class StreamingImageClassificationDataset(torch.utils.data.IterableDataset):
             self.check_workers(worker.num_workers)
         replaced = 0
         for position, example in enumerate(self.dataset):
+            check_label(example["label"], self.num_classes, f"stream position {position}")
             try:
                 image = decode_image(example["image"], self.transform)
             except IMAGE_ERRORS as e:

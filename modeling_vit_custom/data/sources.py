@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import pyarrow.compute as pc
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
 from .arguments import DataArguments
+from .decoding import check_label
 from .fashion_mnist import FASHION_MNIST_ALIASES, FASHION_MNIST_HUB_NAME, FASHION_MNIST_IDX_DIR, fashion_mnist_parquet
 
 logger = logging.getLogger(__name__)
@@ -27,6 +29,8 @@ class DatasetSplits:
     train: datasets.Dataset | datasets.IterableDataset | None
     validation: datasets.Dataset | datasets.IterableDataset
     class_names: list[str]
+    # Images in the training split, also for a stream whose source records it (Hub metadata, a saved dataset).
+    train_size: int | None = None
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -104,6 +108,21 @@ def _load_local(builder: str, data_files: dict, args: DataArguments):
             datasets.enable_progress_bars()
 
 
+def _as_stream(ds: datasets.Dataset, split: str) -> datasets.IterableDataset:
+    """A saved split as a stream that still knows its length; one shard per arrow file lets split_dataset_by_node
+    and the DataLoader workers split it by shard."""
+    stream = ds.to_iterable_dataset(num_shards=max(1, len(ds.cache_files)))
+    stream.info.splits = datasets.SplitDict({split: datasets.SplitInfo(name=split, num_examples=len(ds))})
+    return stream
+
+
+def _num_examples(ds, split: str) -> int | None:
+    if isinstance(ds, datasets.Dataset):
+        return len(ds)
+    info = ds.info.splits.get(split) if ds.info.splits else None
+    return info.num_examples if info is not None and info.num_examples else None
+
+
 def _load_raw(args: DataArguments, include_train: bool = True) -> datasets.DatasetDict | datasets.IterableDatasetDict:
     if args.source == "dataset_path":
         raw = datasets.load_from_disk(args.dataset_path)
@@ -113,9 +132,7 @@ def _load_raw(args: DataArguments, include_train: bool = True) -> datasets.Datas
             )
         if args.streaming:
             # One shard per arrow file lets split_dataset_by_node and DataLoader workers split by shard.
-            raw = datasets.IterableDatasetDict(
-                {split: ds.to_iterable_dataset(num_shards=max(1, len(ds.cache_files))) for split, ds in raw.items()}
-            )
+            raw = datasets.IterableDatasetDict({split: _as_stream(ds, split) for split, ds in raw.items()})
         return raw
     if args.source == "dirs":
         for flag, folder in (("train_dir", args.train_dir), ("validation_dir", args.validation_dir)):
@@ -191,6 +208,16 @@ def _standardize(ds, args: DataArguments, split: str):
                 f"names cannot be collected without reading everything), got {ds.features['label']}"
             )
         ds = ds.class_encode_column("label")
+    return _checked_labels(ds, split)
+
+
+def _checked_labels(ds, split: str):
+    """Refuses labels outside [0, num_classes) (ImageNet-1k's `test` split is all -1) at once, from the labels'
+    column. A stream's labels cannot be read ahead: `StreamingImageClassificationDataset` checks each as it comes."""
+    if isinstance(ds, datasets.Dataset) and len(ds):
+        low, high = pc.min_max(ds.data.column("label")).values()
+        for label in (low.as_py(), high.as_py()):
+            check_label(label, ds.features["label"].num_classes, f"split {split!r}")
     return ds
 
 
@@ -252,8 +279,12 @@ def load_datasets(args: DataArguments, seed: int = 0, split: str | None = None) 
             f"validation labels: expected the train classes {train.features['label'].names[:10]}..., got "
             f"{class_names[:10]}... (the same class names in the same order)"
         )
+    train_size = None if train is None else _num_examples(train, args.train_split)
+    if train_size is not None and args.max_train_samples is not None:
+        train_size = min(train_size, args.max_train_samples)
     return DatasetSplits(
         train=None if split == "validation" else _take(train, args.max_train_samples),
         validation=_take(validation, args.max_eval_samples),
         class_names=class_names,
+        train_size=train_size,
     )

@@ -3,6 +3,7 @@
 Nothing heavy is imported here, so `scripts/train.py --help` answers before torch, timm or the data code load."""
 
 import dataclasses
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -67,10 +68,19 @@ class TrainingArguments:
     adam_beta2: float = 0.999
     max_grad_norm: float = 1.0
     lr_scheduler_type: str = "cosine"
+    lr_scheduler_kwargs: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON object of the schedule's own arguments, e.g. '{\"min_lr\": 1e-5}' (cosine_with_min_lr)."
+        },
+    )
     num_warmup_steps: int = 0
     warmup_epochs: float = field(default=0.0, metadata={"help": "Added to num_warmup_steps in optimizer steps."})
     ema_decay: float | None = field(
         default=None, metadata={"help": "EMA of the weights (e.g. 0.99996); off if unset."}
+    )
+    ema_warmup: bool = field(
+        default=False, metadata={"help": "timm's EMA warm-up: the decay grows from 0 towards ema_decay early on."}
     )
     mixed_precision: str | None = field(
         default=None, metadata={"help": "no | bf16 | fp16; default bf16 on GPU, no on CPU."}
@@ -118,6 +128,14 @@ class TrainingArguments:
             _expect(self, name, 0.0 <= getattr(self, name) < 1.0, "a value in [0, 1)")
         _expect(self, "ema_decay", self.ema_decay is None or 0.0 < self.ema_decay < 1.0, "a value in (0, 1) or unset")
         _expect(self, "mixed_precision", self.mixed_precision in (None, "no", "bf16", "fp16"), "no, bf16 or fp16")
+        if self.lr_scheduler_kwargs is not None:
+            try:
+                kwargs = json.loads(self.lr_scheduler_kwargs)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"--lr_scheduler_kwargs: expected a JSON object, got invalid JSON ({error})"
+                ) from None
+            _expect(self, "lr_scheduler_kwargs", isinstance(kwargs, dict), "a JSON object")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub: expected --hub_model_id (e.g. user/vit-custom) to push to, got none")
         if self.resume_from_checkpoint and self.overwrite_output_dir:

@@ -10,35 +10,51 @@ from .models import logits_of
 
 
 @torch.no_grad()
-def run_evaluation(model: nn.Module, loader, normalize: Callable, accelerator, prepared: bool = True) -> dict:
+def run_evaluation(
+    model: nn.Module, loader, normalize: Callable, accelerator, num_classes: int, prepared: bool = True
+) -> dict:
     """Loss, top-1 and top-5 over the whole split on any number of processes, counting each sample once; `normalize`
-    turns the loader's uint8 batches into the model's input."""
+    turns the loader's uint8 batches into the model's input.
+
+    A prepared loader gives every process the same number of batches: each batch is gathered as it comes. A stream's
+    shards are disjoint and uneven, so a process may have fewer batches than another: its results are kept and
+    gathered once, at the end, which every process reaches."""
     import evaluate
 
     metric = evaluate.load(TOP_K_ACCURACY, keep_in_memory=True)
     was_training = model.training
     model.eval()
+    num_ranked = min(5, num_classes)
     total_loss = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-    num_ranked = 5
+    kept = []
     for batch in loader:
         pixel_values = normalize(batch["pixel_values"].to(accelerator.device, non_blocking=True))
         labels = batch["labels"].to(accelerator.device, non_blocking=True)
         with accelerator.autocast():
             logits = logits_of(model, pixel_values).float()
         losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-        num_ranked = min(5, logits.shape[-1])
         ranked = logits.topk(num_ranked, dim=-1).indices  # (B, k): only the ranking travels between processes
         if prepared:
             # Drops the samples the prepared loader repeated to give every process equal batches.
             ranked, labels, losses = accelerator.gather_for_metrics((ranked, labels, losses))
+            metric.add_batch(predictions=ranked.cpu().numpy(), references=labels.cpu().numpy())
+            total_loss += losses.double().sum()
         else:
-            # Streaming shards are disjoint but uneven: pad to equal size, gather, drop the padding.
-            padded = [accelerator.pad_across_processes(t, dim=0, pad_index=-1) for t in (ranked, labels, losses)]
-            ranked, labels, losses = accelerator.gather(padded)
-            keep = labels >= 0
-            ranked, labels, losses = ranked[keep], labels[keep], losses[keep]
-        metric.add_batch(predictions=ranked.cpu().numpy(), references=labels.cpu().numpy())
-        total_loss += losses.double().sum()
+            kept.append((ranked, labels, losses))
+    if not prepared:
+        device = accelerator.device
+        ranked, labels, losses = (
+            (torch.cat(parts) for parts in zip(*kept, strict=True))
+            if kept
+            else (torch.empty(0, num_ranked, dtype=torch.long, device=device),
+                  torch.empty(0, dtype=torch.long, device=device), torch.empty(0, device=device))
+        )  # fmt: skip
+        # Pad every process's results to the longest, gather, drop the padding (label -1).
+        padded = [accelerator.pad_across_processes(t, dim=0, pad_index=-1) for t in (ranked, labels, losses)]
+        ranked, labels, losses = accelerator.gather(padded)
+        keep = labels >= 0
+        metric.add_batch(predictions=ranked[keep].cpu().numpy(), references=labels[keep].cpu().numpy())
+        total_loss += losses[keep].double().sum()
     result = metric.compute(k=[1, num_ranked])
     samples = result["samples"]
     model.train(was_training)

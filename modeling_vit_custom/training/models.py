@@ -1,5 +1,6 @@
 """The model a run trains or evaluates (ours, or timm's for comparison), its optimizer, schedule and saved folder."""
 
+import json
 import math
 from pathlib import Path
 
@@ -108,7 +109,11 @@ def create_scheduler(optimizer, args: TrainingArguments, steps_per_epoch: int, m
     """transformers' schedule, defined in optimizer steps: the training loop steps it once per optimizer step."""
     warmup = args.num_warmup_steps + round(args.warmup_epochs * steps_per_epoch)
     return get_scheduler(
-        args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=max_train_steps
+        args.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=warmup,
+        num_training_steps=max_train_steps,
+        scheduler_specific_kwargs=json.loads(args.lr_scheduler_kwargs) if args.lr_scheduler_kwargs else None,
     )
 
 

@@ -15,7 +15,7 @@ RUN_CONFIG_FILE = "run_config.json"
 CURVES_FILE = "training_curves.png"
 TRAIN_EVENT, EVAL_EVENT, SUMMARY_EVENT = "train", "eval", "summary"
 # What a run writes into its output_dir (TensorBoard's logs go to a folder named after the project).
-RUN_ENTRIES = (METRICS_FILE, RUN_CONFIG_FILE, CURVES_FILE, "checkpoints", "best", "final", "vit_custom")
+RUN_ENTRIES = (METRICS_FILE, RUN_CONFIG_FILE, CURVES_FILE, "checkpoints", "best", "final", "final_ema", "vit_custom")
 
 
 @dataclass
@@ -26,6 +26,7 @@ class RunSummary:
     best_step: int | None = None
     final_eval_top1: float | None = None
     final_eval_top5: float | None = None
+    final_eval_ema_top1: float | None = None
     train_runtime_s: float | None = None
     total_steps: int | None = None
     ranks_in_sync: bool | None = None
@@ -138,6 +139,11 @@ def plot_metrics(metrics_path: Path, output_path: Path):
     axes[0].set(title="loss", xlabel="step")
     axes[1].plot([e["step"] for e in evals], [100 * e["eval_top1"] for e in evals], "o-", label="top-1")
     axes[1].plot([e["step"] for e in evals], [100 * e["eval_top5"] for e in evals], "o-", label="top-5")
+    ema_evals = [e for e in evals if "eval_ema_top1" in e]
+    if ema_evals:
+        axes[1].plot(
+            [e["step"] for e in ema_evals], [100 * e["eval_ema_top1"] for e in ema_evals], "s--", label="EMA top-1"
+        )
     axes[1].set(title="eval accuracy (%)", xlabel="step")
     axes[2].plot([e["step"] for e in train], [e["lr"] for e in train])
     axes[2].set(title="learning rate", xlabel="step")

@@ -177,25 +177,35 @@ def write_attention_figures(
     if image_size is not None and image_size <= 0:
         raise ValueError(f"--image_size: expected a positive number of pixels, got {image_size}")
     paths = find_images(patterns)
+    stems = [path.stem for path in paths]
+    names = [stem if stems.count(stem) == 1 else f"{stem}_{i}" for i, stem in enumerate(stems)]
+    return draw_attention(model_dir, paths, [Path(output_dir) / f"{name}.png" for name in names], image_size, device)
+
+
+def draw_attention(
+    model_dir: str | Path,
+    images: list[Path],
+    outputs: list[Path],
+    image_size: int | None = None,
+    device: torch.device | str = "cpu",
+) -> list[Path]:
+    """The figure of each image in `images`, saved as the PNG at the same place in `outputs`."""
     model, processor = load_classifier(model_dir, image_size=image_size)
     config = model.config
     if image_size is not None and not config.conv_stem_depth and image_size % config.patch_size:
         raise ValueError(f"--image_size: expected a multiple of patch_size {config.patch_size}, got {image_size}")
-    images = []
-    for path in paths:
+    pictures = []
+    for path in images:
         try:
-            images.append(read_image(path))
+            pictures.append(read_image(path))
         except (OSError, ValueError) as error:
             raise ValueError(f"{path}: expected a readable image, got {type(error).__name__}: {error}") from error
     if config.pooling == "mean":
         logger.info("%s is mean-pooled: drawing attention rollout only (the class token does not predict)", model_dir)
     model.to(device)
-    stems = [path.stem for path in paths]
-    written = []
-    for i, (path, image) in enumerate(zip(paths, images, strict=True)):
-        pixel_values = processor(image, return_tensors="pt")["pixel_values"].to(device)
+    for path, picture, output in zip(images, pictures, outputs, strict=True):
+        pixel_values = processor(picture, return_tensors="pt")["pixel_values"].to(device)
         (maps,) = attention_maps(model, pixel_values, processor.image_mean, processor.image_std)
-        name = path.stem if stems.count(path.stem) == 1 else f"{path.stem}_{i}"
-        written.append(save_figure(draw(maps, path.name), Path(output_dir) / f"{name}.png"))
-        logger.info("%s: %s (%.1f%%) -> %s", path, maps.label, 100 * maps.score, written[-1])
-    return written
+        save_figure(draw(maps, path.name), output)
+        logger.info("%s: %s (%.1f%%) -> %s", path, maps.label, 100 * maps.score, output)
+    return [Path(output) for output in outputs]

@@ -27,9 +27,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--license", default="apache-2.0", help="License identifier for the card's metadata.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing, non-empty output_dir.")
     parser.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE_PATH, help="Model card template.")
+    parser.add_argument("--model_name", help="The card's title (default: --hub_model_id); needed without it.")
+    parser.add_argument(
+        "--dataset_label", help="How the card names the data (default: the run's Hub id or train folder's parent)."
+    )
+    parser.add_argument(
+        "--attention_image",
+        type=Path,
+        help="Image whose attention map the card shows (default: the first of the run's validation folder).",
+    )
     args = parser.parse_args(argv)
     if args.output_dir is None and args.hub_model_id is None:
         parser.error("expected --output_dir (build only) or --hub_model_id (upload), got neither")
+    if args.hub_model_id is None and args.model_name is None:
+        parser.error("--model_name: expected a name for the card's title when there is no --hub_model_id, got none")
     return args
 
 
@@ -50,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
             license=args.license,
             overwrite=args.overwrite,
             template_path=args.template,
+            model_name=args.model_name,
+            dataset_label=args.dataset_label,
+            attention_image=args.attention_image,
         )
     except (OSError, ValueError, RuntimeError) as error:
         # Bad input, offline upload or a failed verification: the message says which; a traceback adds nothing.

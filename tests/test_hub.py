@@ -15,6 +15,7 @@ import yaml
 from conftest import TINY_CONFIG
 from huggingface_hub import ModelCard
 from launch import CLASSES, TINY, run, train_command, write_split
+from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor
 
@@ -34,7 +35,9 @@ EXPECTED_FILES = {
     "model.safetensors",
     "preprocessor_config.json",
     "training_curves.png",
+    "attention_map.png",
 }
+RUN_FILES = {"training_curves.png", "attention_map.png"}
 FAKE_TOKEN = "hf_FakeTokenForTestsOnly0123456789abcdef"
 COMPARISON = {
     "timm_model": "vit_base_patch16_224",
@@ -199,30 +202,28 @@ def test_trained_card_has_the_run_values_and_valid_metadata(exported, run_dir):
     last_eval = events(run_dir, "eval")[-1]
     config = json.loads((run_dir / "run_config.json").read_text())
     (index,) = metadata["model-index"]
-    assert index["name"] == "vit-tiny"
+    assert index["name"] == "someone/vit-tiny"
     (result,) = index["results"]
     values = {m["type"]: m["value"] for m in result["metrics"]}
-    # The final checkpoint's, rounded to 4 digits.
-    assert values == {
-        "accuracy": round(summary["final_eval_top1"], 4),
-        "top_5_accuracy": round(summary["final_eval_top5"], 4),
-    }
+    # The final checkpoint's, rounded to 4 digits; no top-5 of 3 classes.
+    assert values == {"accuracy": round(summary["final_eval_top1"], 4)}
     card = ModelCard.load(readme)
     assert card.data.eval_results[0].metric_value == round(summary["final_eval_top1"], 4)
     steps, top1, top5 = summary["total_steps"], summary["final_eval_top1"], summary["final_eval_top5"]
     assert steps == 24 and last_eval["step"] == 24 and last_eval["eval_samples"] == 30
     assert top1 == last_eval["eval_top1"] < top5 == 1  # 3 classes: top-5 is always right
     assert "for 24 optimizer steps with vit-custom's `scripts/train.py`" in text
-    assert f"| final | 24 | {100 * top1:.2f}% | {100 * top5:.2f}% | 30 |" in text
+    assert "| Checkpoint | Step | Top-1 | Evaluation images |" in text
+    assert f"| final | 24 | {100 * top1:.2f}% | 30 |" in text
     assert f"in {summary['train_runtime_s'] / 60:.1f} min" in text
-    assert "| `learning_rate` | 0.1 |" in text and "| `ema_decay` | off |" in text
-    assert f"| `effective_learning_rate` | {config['effective_learning_rate']:g} |" in text
-    assert f"| `model_config_overrides` | {TINY} |" in text
+    assert f"| Model | 19,395 parameters; `{TINY}` |" in text and "| EMA of weights | off |" in text
+    assert f"| Optimiser | AdamW, learning rate 0.1 per 512 images ({config['effective_learning_rate']:.3g} " in text
     assert "![Training loss, accuracy and learning rate against step](training_curves.png)" in text
     assert "| parameters | 86,567,656 | 86,567,656 | 1 | count |" in text
     assert "| max_abs_logit_diff | 3.1e-06 | 0 | n/a | logit |" in text
     assert "measured on a model of 86,567,656 parameters, not this checkpoint." in text
-    assert 'model="someone/vit-tiny", revision="v1.0", trust_remote_code=True' in text
+    assert 'revision = "v1.0"  # replace by the full commit hash you reviewed' in text
+    assert 'model="someone/vit-tiny", revision=revision, trust_remote_code=True' in text
     assert f"| Parameters | {config['num_parameters']:,} |" in text and config["num_parameters"] == 19_395
     assert "| Image size | 16 x 16 |" in text and "| Patch embedding | linear, 4 x 4 patches |" in text
     assert "`blue`, `green`, `red`" in text
@@ -247,8 +248,8 @@ def test_best_checkpoint_card_reports_the_best_evaluation(run_dir, tmp_path):
     values = {
         m["type"]: m["value"] for m in front_matter(folder / "README.md")["model-index"][0]["results"][0]["metrics"]
     }
-    assert values == {"accuracy": round(best["eval_top1"], 4), "top_5_accuracy": round(best["eval_top5"], 4)}
-    row = f"| best | {best['step']} | {100 * best['eval_top1']:.2f}% | {100 * best['eval_top5']:.2f}% | 30 |"
+    assert values == {"accuracy": round(best["eval_top1"], 4)}
+    row = f"| best | {best['step']} | {100 * best['eval_top1']:.2f}% | 30 |"
     assert row in text
 
 
@@ -262,7 +263,8 @@ def test_card_leaves_out_secret_settings(run_dir, tmp_path):
     (copied_run / "run_config.json").write_text(json.dumps({**config, **secrets}))
     folder = hub.build_folder(run_dir / "final", tmp_path / "repo", run_dir=copied_run, repo_id="someone/x")
     text = (folder / "README.md").read_text()
-    assert "| `learning_rate` | 0.1 |" in text and "hub_token" not in text and "wandb_api_secret" not in text
+    assert "| Optimiser | AdamW, learning rate 0.1 per 512 images" in text
+    assert "hub_token" not in text and "wandb_api_secret" not in text
     for path in folder.iterdir():
         content = path.read_bytes()
         assert FAKE_TOKEN.encode() not in content and FAKE_TOKEN[::-1].encode() not in content, path
@@ -279,7 +281,7 @@ def test_converted_card_says_where_the_weights_came_from(tmp_path):
     rows = [{**row, **same_size} if row["metric"] == "parameters" else row for row in COMPARISON["rows"]]
     comparison.write_text(json.dumps({**COMPARISON, "rows": rows}))
     folder = hub.build_folder(model_dir, tmp_path / "repo", comparison_path=comparison, repo_id="someone/converted")
-    assert {p.name for p in folder.iterdir()} == EXPECTED_FILES - {"training_curves.png"}
+    assert {p.name for p in folder.iterdir()} == EXPECTED_FILES - RUN_FILES
     text = (folder / "README.md").read_text()
     assert_fully_rendered(text)
     metadata = front_matter(folder / "README.md")
@@ -356,7 +358,7 @@ def test_upload_without_output_dir_leaves_no_folder_behind(fake_api, run_dir, mo
     url = hub.push_run(run_dir / "final", None, "someone/untrained-card")
     _, upload_kwargs, uploaded_files = fake_api.calls[2]
     assert verified == [(Path(upload_kwargs["folder_path"]), run_dir / "final")]
-    assert set(uploaded_files) == EXPECTED_FILES - {"training_curves.png"}
+    assert set(uploaded_files) == EXPECTED_FILES - RUN_FILES
     assert upload_kwargs["commit_message"].startswith("Upload vit-custom model")
     assert not Path(upload_kwargs["folder_path"]).exists()
     assert url.endswith("/commit/0123abcd") and len(fake_api.calls) == 3  # no tag asked for, none made
@@ -391,7 +393,9 @@ def test_offline_upload_is_refused_and_dry_run_builds_only(monkeypatch, fake_api
     assert verified == [(folder, run_dir / "final")]
     try:
         assert {p.name for p in folder.iterdir()} == EXPECTED_FILES
-        assert 'model="someone/x", revision="main"' in (folder / "README.md").read_text()
+        text = (folder / "README.md").read_text()
+        assert 'revision = "COMMIT_HASH"  # replace by the full commit hash you reviewed' in text
+        assert 'model="someone/x", revision=revision' in text and '"main"' not in text
     finally:
         shutil.rmtree(folder)
     assert fake_api.calls == []
@@ -409,15 +413,15 @@ def test_bad_inputs_name_the_problem(run_dir, tmp_path, exported):
     save_model(pickled, seed=0)
     (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
     with pytest.raises(FileNotFoundError, match=r"expected weights in model.safetensors, got \['pytorch_model.bin'\]"):
-        hub.build_folder(pickled, tmp_path / "repo")
+        hub.build_folder(pickled, tmp_path / "repo", repo_id="someone/pickled")
 
     with pytest.raises(FileExistsError, match="expected a new or empty folder"):
-        hub.push_run(run_dir / "final", run_dir, None, output_dir=exported)
+        hub.push_run(run_dir / "final", run_dir, None, output_dir=exported, model_name="someone/x")
 
     template = tmp_path / "card.md"
     template.write_text("---\n{{ card_data }}\n---\n# {{ model_name }} {{ accuracy_on_imagenet }}\n")
     with pytest.raises(ValueError, match=r"got unknown \['accuracy_on_imagenet'\]"):
-        hub.build_folder(run_dir / "final", tmp_path / "repo2", template_path=template)
+        hub.build_folder(run_dir / "final", tmp_path / "repo2", repo_id="someone/x", template_path=template)
 
 
 def test_run_without_summary_reports_its_last_evaluation(run_dir, tmp_path):
@@ -451,8 +455,66 @@ def test_sharded_weights_are_exported_whole_and_other_safetensors_left_out(tmp_p
     assert len(shards) > 1
     folder = hub.build_folder(model_dir, tmp_path / "repo", repo_id="someone/sharded")
     exported = {p.name for p in folder.iterdir()}
-    assert exported == (EXPECTED_FILES - {"training_curves.png", "model.safetensors"}) | set(shards) | {
+    assert exported == (EXPECTED_FILES - RUN_FILES - {"model.safetensors"}) | set(shards) | {
         "model.safetensors.index.json"
     }
     assert card.count_parameters(folder) == sum(p.numel() for p in model.parameters()) == 81_226
     assert "| Parameters | 81,226 |" in (folder / "README.md").read_text()
+
+
+def test_card_tells_the_truth_about_the_run(exported, run_dir):
+    """Title, data, evaluation split, recipe without paths, top-k only below the class count, a pinned snippet, the
+    attention map and curves."""
+    text = (exported / "README.md").read_text(encoding="utf-8")
+    config = json.loads((run_dir / "run_config.json").read_text())
+    assert "\n# someone/vit-tiny\n" in text and "# exported" not in text
+    dataset = Path(config["train_dir"]).parent.name  # the folder holding train/ and validation/
+    assert f"trained on {dataset} for 24 optimizer steps" in text
+    assert "on the images of the `validation` folder (final checkpoint, step 24)" in text
+    for machine_path in (str(run_dir.parents[1]), str(Path.home()), "/tmp/"):
+        assert machine_path not in text, machine_path
+    for setting in ("Model", "Data", "Augmentation", "Optimiser", "Schedule", "Batch", "Epochs", "Precision"):
+        assert f"\n| {setting} | " in text, setting
+    assert "| Batch | 4 (4 per process x 1 process x 1 accumulation step) |" in text
+    assert "| Hardware | 1 process |" in text and "| Precision | fp32 |" in text
+    assert "| Epochs | 2 (24 optimizer steps) |" in text
+    assert "top_5" not in text and "| Top-5 |" not in text and "with 3 classes it is always 100%" in text
+    assert "pin the commit you read by its full hash" in text and "a tag can be moved" in text
+    assert "![Training loss, accuracy and learning rate against step](training_curves.png)" in text
+    assert "](attention_map.png)" in text
+    with Image.open(exported / "attention_map.png") as figure:
+        assert figure.format == "PNG"
+
+
+def test_card_names_model_and_data_as_asked(run_dir, tmp_path):
+    with pytest.raises(ValueError, match="expected --hub_model_id or --model_name to name the model in its card"):
+        hub.build_folder(run_dir / "final", tmp_path / "nameless", run_dir=run_dir)
+    assert not (tmp_path / "nameless").exists()
+    folder = hub.build_folder(
+        run_dir / "final",
+        tmp_path / "repo",
+        run_dir=run_dir,
+        model_name="someone/colours-vit",
+        dataset_label="Colour squares v2",
+        attention_image=next((run_dir.parent.parent).glob("data*/train/red/0.png")),
+    )
+    text = (folder / "README.md").read_text(encoding="utf-8")
+    assert "\n# someone/colours-vit\n" in text and 'model="someone/colours-vit", revision=revision' in text
+    assert "trained on Colour squares v2 for" in text
+    (index,) = front_matter(folder / "README.md")["model-index"]
+    assert index["results"][0]["dataset"]["name"] == "Colour squares v2"
+
+
+def test_dataset_and_evaluation_split_come_from_the_recorded_flags():
+    assert card.dataset_name({"dataset_name": "zalando-datasets/fashion_mnist"}) == "zalando-datasets/fashion_mnist"
+    assert card.dataset_name({"train_dir": "/data/flowers/train", "dataset_label": "Flowers-102"}) == "Flowers-102"
+    assert card.dataset_name({"train_dir": "/data/flowers/train"}) == "flowers"
+    assert card.dataset_name({"dataset_path": "/data/saved/cifar10"}) == "cifar10"
+    hub_run = {"dataset_name": "fashion_mnist", "validation_split": "validation", "seed": 0}
+    assert (
+        card.evaluation_split(hub_run)
+        == "its `validation` split (its `test` split where it has no `validation` split)"
+    )
+    carved = {"train_dir": "/data/flowers/train", "val_split_fraction": 0.1, "seed": 3}
+    assert card.evaluation_split(carved) == "a stratified 10% of the training images held out (seed 3)"
+    assert card.evaluation_split({"validation_file": "/data/x/val.parquet"}) == "`val.parquet`"

@@ -27,6 +27,8 @@ class DataArguments:
     max_eval_samples: int | None = None
     cache_dir: str | None = None
     max_bad_image_fraction: float = 0.01
+    # How the model card names the data (default: the Hub id, else the train folder's parent folder name).
+    dataset_label: str | None = None
 
     def __post_init__(self):
         sources = (self.dataset_name, self.train_dir, self.validation_dir, self.train_file, self.validation_file)

@@ -15,8 +15,6 @@ from ..training.run_log import RunRecord
 
 # The template lives at the top of the repository, where users edit it; pass `template_path` to use another.
 DEFAULT_TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_card.md"
-# Never copied into a card: run configs may carry credentials under these names.
-SECRET_KEY_PARTS = ("token", "password", "secret")
 
 
 def weight_files(model_dir: Path) -> list[Path]:
@@ -70,20 +68,25 @@ def card_context(
     run: RunRecord | None,
     comparison: dict | None,
     conversion: dict | None,
-    repo_id: str,
-    revision: str,
+    repo_id: str | None,
+    revision: str | None,
     license: str,
     preprocessing_recorded: bool,
+    model_name: str | None = None,
+    dataset_label: str | None = None,
+    has_attention_map: bool = False,
 ) -> tuple[ModelCardData, dict]:
-    """The card's YAML metadata and the template's variables for the repository `folder` holds."""
+    """The card's YAML metadata and the template's variables for the repository `folder` holds. The title is
+    `model_name`, else the Hub id; `revision` is the tag the usage snippet pins (None: the reader picks a commit)."""
+    name = card_title(repo_id, model_name)
     config = read_json(folder / "config.json")
     parameters = count_parameters(folder)
     num_labels = len(config.get("id2label") or {}) or config.get("num_labels", 0)
     labels = [config["id2label"][key] for key in sorted(config.get("id2label", {}), key=int)]
     origin = "trained" if run is not None else "converted" if conversion is not None else "unknown"
     context = {
-        "model_name": repo_id.split("/")[-1],
-        "repo_id": repo_id,
+        "model_name": name,
+        "repo_id": repo_id or name,
         "revision": revision,
         "origin": origin,
         "architecture": _architecture(config, parameters, num_labels),
@@ -92,7 +95,8 @@ def card_context(
         "preprocessing": _preprocessing(read_json(folder / "preprocessor_config.json")),
         "preprocessing_recorded": preprocessing_recorded,
         "labels": ", ".join(f"`{label}`" for label in labels[:20]) + (", ..." if len(labels) > 20 else ""),
-        **_run_context(run, model_dir),
+        "has_attention_map": has_attention_map,
+        **_run_context(run, model_dir, num_labels, parameters, dataset_label),
         **_comparison_context(comparison, parameters),
         "timm_model": (conversion or {}).get("timm_model"),
         "checkpoint": (conversion or {}).get("checkpoint"),
@@ -101,7 +105,7 @@ def card_context(
     if conversion is not None:
         tags.append("timm")
     hub_dataset = run.config.get("dataset_name") if run is not None else None
-    eval_results = _eval_results(run, context["result"])
+    eval_results = _eval_results(run, context)
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-classification",
@@ -109,10 +113,19 @@ def card_context(
         datasets=[hub_dataset] if hub_dataset and _looks_like_hub_dataset(hub_dataset) else None,
         tags=tags,
         metrics=["accuracy"] if eval_results else None,
-        model_name=context["model_name"],
+        model_name=name,
         eval_results=eval_results,
     )
     return card_data, context
+
+
+def card_title(repo_id: str | None, model_name: str | None) -> str:
+    """What the card is called: `model_name`, else the Hub id; a card without either would be named after a folder."""
+    if not (model_name or repo_id):
+        raise ValueError(
+            "model card: expected --hub_model_id or --model_name to name the model in its card, got neither"
+        )
+    return model_name or repo_id
 
 
 def _architecture(config: dict, parameters: int, num_labels: int) -> list[tuple]:
@@ -145,33 +158,32 @@ def _preprocessing(preprocess: dict) -> str:
     )
 
 
-def _run_context(run: RunRecord | None, model_dir: Path) -> dict:
-    """What the training run says: settings, the exported checkpoint's evaluation, dataset, steps, time, curves."""
+def _run_context(
+    run: RunRecord | None, model_dir: Path, num_labels: int, parameters: int, dataset_label: str | None
+) -> dict:
+    """What the training run says: the recipe, the exported checkpoint's evaluation, dataset, steps, time, curves."""
     if run is None:
         return {
             "dataset": "an unnamed dataset",
+            "evaluation_split": None,
             "total_steps": None,
-            "hyperparameters": [],
+            "recipe": [],
             "result": None,
-            "top1": "n/a",
-            "top5": "n/a",
+            "metrics": [],
             "train_runtime": None,
             "has_curves": False,
         }
     # The card describes the checkpoint actually exported, which may be the run's best rather than its final.
     result = run.result_for(model_dir)
     summary = run.summary
+    dataset = dataset_label or dataset_name(run.config) or "an unnamed dataset"
     return {
-        "dataset": _dataset_name(run) or "an unnamed dataset",
+        "dataset": dataset,
+        "evaluation_split": evaluation_split(run.config),
         "total_steps": summary.total_steps if summary else None,
-        "hyperparameters": [
-            (key, _format_setting(value))
-            for key, value in run.config.items()
-            if not any(part in key.lower() for part in SECRET_KEY_PARTS)
-        ],
+        "recipe": recipe(run.config, parameters, dataset),
         "result": result,
-        "top1": _percent(result["top1"]) if result else "n/a",
-        "top5": _percent(result["top5"]) if result else "n/a",
+        "metrics": _metrics(result, num_labels),
         "train_runtime": (
             f"{summary.train_runtime_s / 60:.1f} min" if summary and summary.train_runtime_s is not None else None
         ),
@@ -179,29 +191,128 @@ def _run_context(run: RunRecord | None, model_dir: Path) -> dict:
     }
 
 
-def _dataset_name(run: RunRecord) -> str | None:
-    return run.config.get("dataset_name") or (
-        Path(run.config["train_dir"]).name if run.config.get("train_dir") else None
-    )
+def dataset_name(config: dict) -> str | None:
+    """The data as the user named it: `dataset_label`, the Hub id, or the parent folder of the train folder (or of
+    the train file, or the saved dataset's folder): a name, never a path."""
+    if config.get("dataset_label"):
+        return config["dataset_label"]
+    if config.get("dataset_name"):
+        return config["dataset_name"]
+    for key in ("train_dir", "train_file"):
+        if config.get(key):
+            return Path(config[key]).resolve().parent.name
+    return Path(config["dataset_path"]).name if config.get("dataset_path") else None
 
 
-def _eval_results(run: RunRecord | None, result: dict | None) -> list[EvalResult] | None:
-    if result is None or result["top1"] is None:
+def evaluation_split(config: dict) -> str:
+    """The evaluation data as the run read it, from its recorded flags (folder and file names, not paths)."""
+    if config.get("validation_dir"):
+        return f"the images of the `{Path(config['validation_dir']).name}` folder"
+    if config.get("validation_file"):
+        return f"`{Path(config['validation_file']).name}`"
+    split = config.get("validation_split", "validation")
+    fraction = config.get("val_split_fraction")
+    if fraction is not None and (config.get("train_dir") or config.get("train_file")):
+        return f"a stratified {fraction:.0%} of the training images held out (seed {config.get('seed')})"
+    if fraction is not None:
+        return (
+            f"its `{split}` split, or where it has none a stratified {fraction:.0%} of its "
+            f"`{config.get('train_split', 'train')}` split held out (seed {config.get('seed')})"
+        )
+    return f"its `{split}` split (its `test` split where it has no `{split}` split)"
+
+
+def recipe(config: dict, parameters: int, dataset: str) -> list[tuple[str, str]]:
+    """The training settings a reader needs to redo the run, in words; no paths of the machine it ran on."""
+
+    def get(key, default=None):
+        value = config.get(key, default)
+        return default if value is None else value
+
+    processes = get("num_processes", 1)
+    per_device, accumulation = get("per_device_train_batch_size"), get("gradient_accumulation_steps", 1)
+    augmentation = [
+        f"random resized crop, scale {tuple(get('train_crop_scale', ()))}",
+        f"horizontal flip {get('hflip', 0):g}",
+    ]
+    for key, name in (
+        ("randaugment", "RandAugment"),
+        ("color_jitter", "colour jitter"),
+        ("mixup", "mixup alpha"),
+        ("cutmix", "cutmix alpha"),
+        ("label_smoothing", "label smoothing"),
+        ("random_erasing", "random erasing"),
+    ):
+        if get(key):
+            augmentation.append(f"{name} {_format_setting(get(key))}")
+    schedule = f"{get('lr_scheduler_type', 'cosine')}, {get('num_warmup_steps', 0)} warm-up steps"
+    if get("warmup_epochs"):
+        schedule += f" + {get('warmup_epochs'):g} warm-up epochs"
+    rows = [
+        ("Model", f"{_format_number(parameters)} parameters" + _overrides(config)),
+        ("Data", f"{dataset}; evaluated on {evaluation_split(config)}"),
+        ("Augmentation", ", ".join(augmentation)),
+        (
+            "Optimiser",
+            f"AdamW, learning rate {get('learning_rate'):g} per 512 images ({get('effective_learning_rate', 0):.3g} "
+            f"at this batch), betas ({get('adam_beta1'):g}, {get('adam_beta2'):g}), weight decay "
+            f"{get('weight_decay'):g}, gradient clipping {_format_setting(get('max_grad_norm'))}",
+        ),
+        ("Schedule", schedule),
+        (
+            "Batch",
+            f"{get('global_batch_size')} ({per_device} per process x {_plural(processes, 'process')} x "
+            f"{_plural(accumulation, 'accumulation step')})",
+        ),
+        ("Epochs", f"{get('num_train_epochs', 0):g} ({get('max_train_steps')} optimizer steps)"),
+        ("EMA of weights", _format_setting(config.get("ema_decay"))),
+        ("Precision", {"no": "fp32"}.get(get("mixed_precision", "no"), get("mixed_precision"))),
+        ("Hardware", _plural(processes, "process")),
+        ("Seed", get("seed")),
+    ]
+    return [(name, str(value)) for name, value in rows]
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "es" if noun.endswith("s") else "s")
+
+
+def _overrides(config: dict) -> str:
+    if config.get("model_name_or_path"):
+        return f", fine-tuned from `{Path(config['model_name_or_path']).name}`"
+    if config.get("model_config_overrides"):
+        return f"; `{config['model_config_overrides']}`"
+    return ""
+
+
+def _metrics(result: dict | None, num_labels: int) -> list[tuple[str, str, str, float]]:
+    """(metric type, name, formatted, value) of top-k accuracy for each k smaller than the number of labels (top-5 of
+    5 classes or fewer is always right and says nothing)."""
+    if result is None:
+        return []
+    measured = [("accuracy", "Top-1", 1, result["top1"]), ("top_5_accuracy", "Top-5", 5, result["top5"])]
+    return [
+        (metric_type, name, _percent(value), value)
+        for metric_type, name, k, value in measured
+        if k < num_labels and value is not None
+    ]
+
+
+def _eval_results(run: RunRecord | None, context: dict) -> list[EvalResult] | None:
+    if not context["metrics"]:
         return None
     dataset_type = run.config.get("dataset_name") or "imagefolder"
-    measured = [("accuracy", "Top-1 accuracy", result["top1"]), ("top_5_accuracy", "Top-5 accuracy", result["top5"])]
     return [
         EvalResult(
             task_type="image-classification",
             task_name="Image Classification",
             dataset_type=dataset_type,
-            dataset_name=_dataset_name(run) or dataset_type,
+            dataset_name=context["dataset"],
             metric_type=metric_type,
-            metric_name=metric_name,
+            metric_name=f"{name} accuracy",
             metric_value=round(value, 4),
         )
-        for metric_type, metric_name, value in measured
-        if value is not None
+        for metric_type, name, _, value in context["metrics"]
     ]
 
 

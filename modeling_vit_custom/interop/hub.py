@@ -16,13 +16,16 @@ from safetensors.torch import load_file, save_file
 
 from ..configuration_vit_custom import AUTO_MAP
 from ..files import check_output_folder, read_json, replacing, write_json
+from ..inspect.attention_maps import draw_attention
+from ..inspect.images import IMAGE_SUFFIXES
 from ..training.run_log import CURVES_FILE, read_run
-from .card import DEFAULT_TEMPLATE_PATH, card_context, render_card, weight_files
+from .card import DEFAULT_TEMPLATE_PATH, card_context, card_title, render_card, weight_files
 from .timm_conversion import CONVERSION_FILE
 
 logger = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+ATTENTION_MAP_FILE = "attention_map.png"
 MODEL_CODE_FILES = ("configuration_vit_custom.py", "modeling_vit_custom.py")
 
 
@@ -79,36 +82,59 @@ def build_folder(
     run_dir: str | os.PathLike | None = None,
     comparison_path: str | os.PathLike | None = None,
     repo_id: str | None = None,
-    revision: str = "main",
+    revision: str | None = None,
     license: str = "apache-2.0",
     template_path: str | os.PathLike = DEFAULT_TEMPLATE_PATH,
+    model_name: str | None = None,
+    dataset_label: str | None = None,
+    attention_image: str | os.PathLike | None = None,
 ) -> Path:
     """Writes the repository's files into the empty or new `folder`: config.json with the full auto_map, the two
     model code files, model.safetensors, preprocessor_config.json, README.md (the model card) and, for a training
-    run, training_curves.png."""
+    run, training_curves.png and attention_map.png (of `attention_image`, by default the first image of the run's
+    validation folder when it is on this machine). The card is titled `model_name`, else `repo_id`."""
+    card_title(repo_id, model_name)
     model_dir, folder = Path(model_dir), Path(folder)
+    run = read_run(run_dir) if run_dir is not None else None
+    if attention_image is None and run is not None:
+        attention_image = _first_validation_image(run.config)
+    if attention_image is not None and not Path(attention_image).is_file():
+        raise FileNotFoundError(f"attention_image: expected an image file, got {attention_image}")
     folder.mkdir(parents=True, exist_ok=True)
     preprocessing_recorded = _copy_model_files(model_dir, folder)
-    run = read_run(run_dir) if run_dir is not None else None
     if comparison_path is None and run is not None and (run.run_dir / "comparison.json").is_file():
         comparison_path = run.run_dir / "comparison.json"
     comparison = read_json(Path(comparison_path)) if comparison_path is not None else None
     conversion = read_json(model_dir / CONVERSION_FILE) if (model_dir / CONVERSION_FILE).is_file() else None
     if run is not None and run.curves is not None:
         shutil.copyfile(run.curves, folder / CURVES_FILE)
+    if attention_image is not None:
+        draw_attention(model_dir, [Path(attention_image)], [folder / ATTENTION_MAP_FILE])
     card_data, context = card_context(
         model_dir,
         folder,
         run,
         comparison,
         conversion,
-        repo_id=repo_id or str(folder.resolve()),
+        repo_id=repo_id,
         revision=revision,
         license=license,
         preprocessing_recorded=preprocessing_recorded,
+        model_name=model_name,
+        dataset_label=dataset_label,
+        has_attention_map=attention_image is not None,
     )
     render_card(Path(template_path), card_data, context).save(folder / "README.md")
     return folder
+
+
+def _first_validation_image(run_config: dict) -> Path | None:
+    """The first image (in sorted order) of the run's validation folder, when the run read one and it is here."""
+    folder = run_config.get("validation_dir")
+    if not folder or not Path(folder).is_dir():
+        return None
+    images = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return images[0] if images else None
 
 
 _VERIFY_SCRIPT = r"""
@@ -235,6 +261,9 @@ def push_run(
     license: str = "apache-2.0",
     overwrite: bool = False,
     template_path: str | os.PathLike = DEFAULT_TEMPLATE_PATH,
+    model_name: str | None = None,
+    dataset_label: str | None = None,
+    attention_image: str | os.PathLike | None = None,
 ) -> Path | str:
     """Builds the repository folder, verifies it in a clean process, and uploads it unless there is no
     `hub_model_id` or `dry_run`. Returns the folder (built only) or the commit URL (uploaded).
@@ -249,6 +278,7 @@ def push_run(
             f"HF_HUB_OFFLINE is set: cannot upload to {hub_model_id!r}; pass --dry_run or --output_dir without "
             "--hub_model_id to build the folder only"
         )
+    card_title(hub_model_id, model_name)
     model_dir = Path(model_dir)
 
     def build_and_verify(folder: Path):
@@ -257,10 +287,13 @@ def push_run(
             folder,
             run_dir=run_dir,
             comparison_path=comparison_path,
-            repo_id=hub_model_id or (str(Path(output_dir).resolve()) if output_dir is not None else None),
-            revision=revision_tag or "main",
+            repo_id=hub_model_id,
+            revision=revision_tag,
             license=license,
             template_path=template_path,
+            model_name=model_name,
+            dataset_label=dataset_label,
+            attention_image=attention_image,
         )
         verify_folder(folder, model_dir)
 

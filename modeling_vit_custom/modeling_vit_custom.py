@@ -39,13 +39,17 @@ class ViTCustomEmbeddings(nn.Module):
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Token grid of an image: (height // patch, width // patch), or halved and rounded up per stem convolution."""
         if self.conv_stem_depth:
-            return -(-height // 2**self.conv_stem_depth), -(-width // 2**self.conv_stem_depth)
+            stride = 2**self.conv_stem_depth
+            # (h + s - 1) // s, not -(-h // s): exported graphs (ONNX) turn a negative floor division into truncation.
+            return (height + stride - 1) // stride, (width + stride - 1) // stride
         return height // self.patch_size, width // self.patch_size
 
     def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
         """Resample the patch position embeddings to the image's token grid, bicubic in float32."""
         new_h, new_w = self.grid(height, width)
-        if (new_h, new_w) == (self.grid_size, self.grid_size):
+        # Checked first when exporting, so that torch.export does not keep the shortcut's size test as a guard that
+        # would refuse the model's own size in a graph with dynamic height and width.
+        if not torch.compiler.is_exporting() and (new_h, new_w) == (self.grid_size, self.grid_size):
             return self.position_embeddings
         cls_pos, patch_pos = self.position_embeddings[:, :1], self.position_embeddings[:, 1:]
         dim = patch_pos.shape[-1]

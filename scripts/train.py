@@ -175,6 +175,9 @@ def main(argv: list[str] | None = None):
         "effective_learning_rate": lr,
         "max_train_steps": max_train_steps,
         "mixed_precision": accelerator.mixed_precision,
+        # What was read and where it ran, for the model card: the split evaluated on (None: held out of train).
+        "evaluation_split": splits.validation_split,
+        "device": torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda" else "CPU",
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }
     if accelerator.is_main_process:

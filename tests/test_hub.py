@@ -476,7 +476,7 @@ def test_card_tells_the_truth_about_the_run(exported, run_dir):
     for setting in ("Model", "Data", "Augmentation", "Optimiser", "Schedule", "Batch", "Epochs", "Precision"):
         assert f"\n| {setting} | " in text, setting
     assert "| Batch | 4 (4 per process x 1 process x 1 accumulation step) |" in text
-    assert "| Hardware | 1 process |" in text and "| Precision | fp32 |" in text
+    assert "| Hardware | 1 process on CPU |" in text and "| Precision | fp32 |" in text
     assert "| Epochs | 2 (24 optimizer steps) |" in text
     assert "top_5" not in text and "| Top-5 |" not in text and "with 3 classes it is always 100%" in text
     assert "pin the commit you read by its full hash" in text and "a tag can be moved" in text
@@ -518,3 +518,7 @@ def test_dataset_and_evaluation_split_come_from_the_recorded_flags():
     carved = {"train_dir": "/data/flowers/train", "val_split_fraction": 0.1, "seed": 3}
     assert card.evaluation_split(carved) == "a stratified 10% of the training images held out (seed 3)"
     assert card.evaluation_split({"validation_file": "/data/x/val.parquet"}) == "`val.parquet`"
+    # What a run records it read wins over what the flags allowed.
+    assert card.evaluation_split({**hub_run, "evaluation_split": "test"}) == "its `test` split"
+    held_out = {"dataset_name": "x", "evaluation_split": None, "val_split_fraction": 0.05, "seed": 1}
+    assert card.evaluation_split(held_out) == "a stratified 5% of the training images held out (seed 1)"

@@ -31,6 +31,8 @@ class DatasetSplits:
     class_names: list[str]
     # Images in the training split, also for a stream whose source records it (Hub metadata, a saved dataset).
     train_size: int | None = None
+    # The source's split evaluated on, or None for a stratified part held out of train (val_split_fraction).
+    validation_split: str | None = None
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -287,4 +289,5 @@ def load_datasets(args: DataArguments, seed: int = 0, split: str | None = None) 
         validation=_take(validation, args.max_eval_samples),
         class_names=class_names,
         train_size=train_size,
+        validation_split=validation_split,
     )

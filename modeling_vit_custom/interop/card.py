@@ -210,6 +210,14 @@ def evaluation_split(config: dict) -> str:
         return f"the images of the `{Path(config['validation_dir']).name}` folder"
     if config.get("validation_file"):
         return f"`{Path(config['validation_file']).name}`"
+    if "evaluation_split" in config:  # recorded by the run: what was read, not what could have been
+        split = config["evaluation_split"]
+        if split is not None:
+            return f"its `{split}` split"
+        return (
+            f"a stratified {config.get('val_split_fraction', 0):.0%} of the training images held out "
+            f"(seed {config.get('seed')})"
+        )
     split = config.get("validation_split", "validation")
     fraction = config.get("val_split_fraction")
     if fraction is not None and (config.get("train_dir") or config.get("train_file")):
@@ -267,7 +275,7 @@ def recipe(config: dict, parameters: int, dataset: str) -> list[tuple[str, str]]
         ("Epochs", f"{get('num_train_epochs', 0):g} ({get('max_train_steps')} optimizer steps)"),
         ("EMA of weights", _format_setting(config.get("ema_decay"))),
         ("Precision", {"no": "fp32"}.get(get("mixed_precision", "no"), get("mixed_precision"))),
-        ("Hardware", _plural(processes, "process")),
+        ("Hardware", _plural(processes, "process") + (f" on {config['device']}" if config.get("device") else "")),
         ("Seed", get("seed")),
     ]
     return [(name, str(value)) for name, value in rows]

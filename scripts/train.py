@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None):
         scaled_learning_rate,
         steps_per_epoch,
     )
+    from modeling_vit_custom.training.plan import format_plan, measure_step_seconds, run_plan
     from modeling_vit_custom.training.run_log import (
         CURVES_FILE,
         EVAL_EVENT,
@@ -78,7 +79,10 @@ def main(argv: list[str] | None = None):
     logger = get_logger(__name__)
     # Everything that can be refused is refused here, before any data is read or a process group is formed.
     check_environment(args)
-    check_output_dir(args.output_dir, resume=bool(args.resume_from_checkpoint), overwrite=args.overwrite_output_dir)
+    if not args.dry_run:  # a dry run writes nothing
+        check_output_dir(
+            args.output_dir, resume=bool(args.resume_from_checkpoint), overwrite=args.overwrite_output_dir
+        )
     resume_from = (
         resolve_checkpoint(args.output_dir, args.resume_from_checkpoint) if args.resume_from_checkpoint else None
     )
@@ -97,7 +101,7 @@ def main(argv: list[str] | None = None):
     # each sample's augmentation is seeded by (seed, epoch, index) whatever the process.
     set_seed(args.seed, device_specific=True)
     output_dir = Path(args.output_dir)
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and not args.dry_run:
         if args.overwrite_output_dir:
             clear_previous_run(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -180,21 +184,62 @@ def main(argv: list[str] | None = None):
         "device": torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda" else "CPU",
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and not args.dry_run:
         (output_dir / RUN_CONFIG_FILE).write_text(json.dumps(run_config, indent=2))
-    accelerator.init_trackers(
-        "vit_custom",
-        config={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in run_config.items()},
-    )
+    if not args.dry_run:
+        accelerator.init_trackers(
+            "vit_custom",
+            config={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in run_config.items()},
+        )
     metrics = MetricsLog(output_dir / METRICS_FILE, accelerator.is_main_process)
 
     image = torch.zeros(1, settings.num_channels, settings.image_size, settings.image_size, device=accelerator.device)
     flops_per_image = forward_flops_per_image(accelerator.unwrap_model(model), image)
     device_peak = peak_flops(accelerator.device)
 
+    if args.dry_run:
+        batch = next(iter(train_loader))
+        pixel_values = train_normalize(batch["pixel_values"].to(accelerator.device))
+
+        def forward_backward():  # the step's compute without the update: the weights stay as they are
+            with accelerator.autocast():
+                loss = logits_of(model, pixel_values).float().logsumexp(-1).mean()
+            accelerator.backward(loss)
+            optimizer.zero_grad(set_to_none=True)
+
+        # One optimizer step is accumulation x this per-process micro-batch (the update itself is not timed).
+        step_seconds = measure_step_seconds(forward_backward) * args.gradient_accumulation_steps
+        plan = run_plan(
+            model_args=model_args,
+            aug_args=aug_args,
+            args=args,
+            model_config=getattr(accelerator.unwrap_model(model), "config", None),
+            settings=settings,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            num_processes=accelerator.num_processes,
+            mixed_precision=accelerator.mixed_precision,
+            global_batch_size=global_batch_size,
+            epoch_steps=epoch_steps,
+            max_train_steps=max_train_steps,
+            flops_per_image=flops_per_image,
+            step_seconds=step_seconds,
+        )
+        if accelerator.is_main_process:
+            print(format_plan(plan))
+        accelerator.end_training()
+        return
+
     global_step, start_epoch, skip_batches, best_top1, best_step = 0, 0, 0, -1.0, 0
     if resume_from is not None:
         state = read_training_state(resume_from)
+        if aug_args.repeated_augmentation > 1 and state["num_processes"] != accelerator.num_processes:
+            raise ValueError(
+                "--resume_from_checkpoint with --repeated_augmentation: the checkpoint ran on "
+                f"{state['num_processes']} processes, this run on {accelerator.num_processes}; the repeats are dealt "
+                "out per process, so the "
+                "samples would differ: resume on the same number of processes"
+            )
         # Refused before the weights load: another global batch, or a position this process count cannot reach.
         skip_batches = resume_batches(
             state, args.per_device_train_batch_size, accelerator.num_processes, global_batch_size

@@ -79,6 +79,8 @@ class AugmentArguments:
     mixup: float = 0.0
     cutmix: float = 0.0
     label_smoothing: float = 0.0
+    # DeiT's repeated augmentation: each image this many times an epoch, its copies on different processes.
+    repeated_augmentation: int = 1
 
     def __post_init__(self):
         self.train_crop_scale = tuple(float(s) for s in self.train_crop_scale)
@@ -94,6 +96,11 @@ class AugmentArguments:
                 raise ValueError(
                     f"{name}: expected a non-negative Beta alpha (0 disables), got {getattr(self, name)!r}"
                 )
+        if self.repeated_augmentation < 1:
+            raise ValueError(
+                "repeated_augmentation: expected a positive integer (1 = off, DeiT uses 3), got "
+                f"{self.repeated_augmentation!r}"
+            )
         if self.randaugment and not self.randaugment.startswith("rand"):
             raise ValueError(
                 f"randaugment: expected a timm RandAugment string such as 'rand-m9-mstd0.5-inc1', got "

@@ -22,6 +22,11 @@ def build_dataloaders(splits, settings: PreprocessSettings, aug_args, data_args,
     }
     max_bad = data_args.max_bad_image_fraction
     if data_args.streaming:
+        if aug_args.repeated_augmentation > 1:
+            raise ValueError(
+                "--repeated_augmentation with --streaming: expected a map-style dataset (the repeats are dealt out "
+                "from a permutation of the whole split), got a stream"
+            )
         rank, world = accelerator.process_index, accelerator.num_processes
         train = StreamingImageClassificationDataset(
             splits.train, train_transform, rank=rank, world_size=world, seed=args.seed, max_bad_fraction=max_bad
@@ -37,7 +42,13 @@ def build_dataloaders(splits, settings: PreprocessSettings, aug_args, data_args,
     else:
         train = ImageClassificationDataset(splits.train, train_transform, max_bad_fraction=max_bad)
         evaluation = ImageClassificationDataset(splits.validation, eval_transform, max_bad_fraction=max_bad)
-        epoch_source = EpochSampler(len(train), seed=args.seed)
+        epoch_source = EpochSampler(
+            len(train),
+            seed=args.seed,
+            repeats=aug_args.repeated_augmentation,
+            num_replicas=accelerator.num_processes,
+            batch_size=args.per_device_train_batch_size,
+        )
         train_loader = torch.utils.data.DataLoader(
             SeededSamples(train, args.seed),
             batch_size=args.per_device_train_batch_size,

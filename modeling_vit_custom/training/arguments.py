@@ -100,6 +100,12 @@ class TrainingArguments:
         default=1800, metadata={"help": "Seconds a process waits for the others in a collective before it fails."}
     )
     report_to: str = "tensorboard"
+    dry_run: bool = field(
+        default=False,
+        metadata={
+            "help": "Build data, model, optimizer and schedule, time a few steps, print the plan; train nothing."
+        },
+    )
     push_to_hub: bool = False
     hub_model_id: str | None = None
     hub_private: bool = False

@@ -222,9 +222,11 @@ def training_throughput(settings: CheckSettings, device: torch.device, peak: flo
 def _time_pair(settings: CheckSettings, device: torch.device, batch_size: int, compiled: bool) -> dict:
     ours, timm_model = build_pair(settings.model, device)
     pixel_values, labels = example_batch(ours, batch_size, str(device))
-    if compiled:  # in place, as train.py's --torch_compile
-        ours.compile(backend=settings.compile_backend)
-        timm_model.compile(backend=settings.compile_backend)
+    # In place, as train.py's --torch_compile; static shapes, as a run with one batch size gets them (another model
+    # of the same class compiled earlier at another batch size would otherwise make the batch dimension dynamic).
+    if compiled:
+        ours.compile(backend=settings.compile_backend, dynamic=False)
+        timm_model.compile(backend=settings.compile_backend, dynamic=False)
     steps = {
         "ours": training_step(ours, pixel_values, labels, autocast=torch.bfloat16),
         "timm": training_step(timm_model, pixel_values, labels, autocast=torch.bfloat16),

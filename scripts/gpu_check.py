@@ -1,5 +1,6 @@
 """The check to run on a lent GPU (at most 10 minutes): ViT-B/16 training-step images/s and MFU against timm in bf16,
-eager and compiled; bf16 against fp32 on a 200-step run; DataLoader images/s. Prints one table, writes the JSON."""
+eager and compiled; bf16 against fp32 on a 200-step run; DataLoader images/s. Prints one table, writes the JSON;
+exits 1 when bf16 fails against fp32, 2 when an option is refused."""
 
 import argparse
 import logging
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     write_json(result, args.json)
     print(format_table(result))
-    return 0
+    return 0 if result["precision"]["passed"] else 1
 
 
 if __name__ == "__main__":

@@ -100,16 +100,25 @@ def inference_step(model: nn.Module, pixel_values: torch.Tensor) -> Callable[[],
     return step
 
 
-def training_step(model: nn.Module, pixel_values: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:
-    """A callable running forward, cross-entropy, backward, AdamW.step and zero_grad, in train mode."""
+def training_step(
+    model: nn.Module, pixel_values: torch.Tensor, labels: torch.Tensor, autocast: torch.dtype | None = None
+) -> Callable[[], torch.Tensor]:
+    """A callable running forward, cross-entropy, backward, AdamW.step and zero_grad, in train mode, and returning
+    the loss (detached, not read: no host sync). With `autocast` (torch.bfloat16), the forward runs under
+    `torch.autocast` on the inputs' device, as accelerate's mixed precision runs it; weights, gradients and the AdamW
+    state stay fp32 and the loss is computed in fp32. The step reads `pixel_values` and `labels` on every call, so a
+    caller can refill them in place."""
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), **OPTIMIZER_SETTINGS)
 
-    def step():
-        loss = F.cross_entropy(logits_of(model, pixel_values).float(), labels)
+    def step() -> torch.Tensor:
+        with torch.autocast(pixel_values.device.type, dtype=autocast, enabled=autocast is not None):
+            logits = logits_of(model, pixel_values)
+        loss = F.cross_entropy(logits.float(), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
 
     return step
 

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None):
     num_classes = len(splits.class_names)
     model, settings = build_model(model_args, splits.class_names)
     train_loader, eval_loader, train_sampler = build_dataloaders(
-        splits, settings, aug_args, data_args, args, accelerator
+        splits, settings, aug_args, data_args, args, accelerator.process_index, accelerator.num_processes
     )
     mixup = build_mixup(aug_args, num_classes)
     # The loaders hand over uint8 images: normalized (and erased, in training) per batch on the device.

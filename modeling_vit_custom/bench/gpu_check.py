@@ -329,9 +329,7 @@ def dataloader_throughput(settings: CheckSettings, num_workers: int) -> dict:
         per_device_train_batch_size=settings.data_batch_size,
         per_device_eval_batch_size=settings.data_batch_size,
     )
-    train_loader, eval_loader, _ = build_dataloaders(
-        splits, preprocess, AugmentArguments(), DataArguments(), args, accelerator=None
-    )
+    train_loader, eval_loader, _ = build_dataloaders(splits, preprocess, AugmentArguments(), DataArguments(), args)
     loaders = {"eval": eval_loader, "train": train_loader}
     del train_loader, eval_loader
     result = {

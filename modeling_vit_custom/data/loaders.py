@@ -8,8 +8,11 @@ from .sampling import EpochSampler, SeededSamples
 from .transforms import EvalTransform, build_train_transform
 
 
-def build_dataloaders(splits, settings: PreprocessSettings, aug_args, data_args, args, accelerator):
-    """Train and eval DataLoaders that decode in workers; returns (train, eval, the object that takes set_epoch)."""
+def build_dataloaders(
+    splits, settings: PreprocessSettings, aug_args, data_args, args, process_index: int = 0, num_processes: int = 1
+):
+    """Train and eval DataLoaders that decode in workers, for this process of `num_processes`; returns (train, eval,
+    the object that takes set_epoch)."""
     train_transform = build_train_transform(settings, aug_args)
     eval_transform = EvalTransform(settings)
     workers = args.num_workers
@@ -27,7 +30,7 @@ def build_dataloaders(splits, settings: PreprocessSettings, aug_args, data_args,
                 "--repeated_augmentation with --streaming: expected a map-style dataset (the repeats are dealt out "
                 "from a permutation of the whole split), got a stream"
             )
-        rank, world = accelerator.process_index, accelerator.num_processes
+        rank, world = process_index, num_processes
         train = StreamingImageClassificationDataset(
             splits.train, train_transform, rank=rank, world_size=world, seed=args.seed, max_bad_fraction=max_bad
         )
@@ -46,7 +49,7 @@ def build_dataloaders(splits, settings: PreprocessSettings, aug_args, data_args,
             len(train),
             seed=args.seed,
             repeats=aug_args.repeated_augmentation,
-            num_replicas=accelerator.num_processes,
+            num_replicas=num_processes,
             batch_size=args.per_device_train_batch_size,
         )
         train_loader = torch.utils.data.DataLoader(

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from modeling_vit_custom.data.sampling import EpochSampler
 
 DRAWS = """
-import json
+import json, sys
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from modeling_vit_custom.data.arguments import AugmentArguments
@@ -29,22 +29,34 @@ mixup = build_mixup(AugmentArguments(mixup=0.8, cutmix=1.0), num_classes=10)
 drop_path = ViTCustomDropPath(0.5).train()
 lam, cutmix = mixup._params_per_batch()
 mask = (drop_path(torch.ones(16, 1, 1)) > 0).flatten().int().tolist()
-print(json.dumps({"rank": accelerator.process_index, "lam": lam, "cutmix": bool(cutmix), "mask": mask}))
+with open(f"{sys.argv[1]}/rank_{accelerator.process_index}.json", "w") as f:  # one file a process: no interleaving
+    json.dump({"lam": lam, "cutmix": bool(cutmix), "mask": mask}, f)
 """
 
 
-def draws(tmp_path: Path) -> dict[int, dict]:
-    script = tmp_path / "draws.py"
+def draws(tmp_path: Path, name: str) -> dict[int, dict]:
+    script, out = tmp_path / "draws.py", tmp_path / name
     script.write_text(DRAWS)
-    command = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "0", str(script)]
-    result = run(command)
-    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    return {line["rank"]: line for line in lines}
+    out.mkdir()
+    run(
+        [
+            ACCELERATE,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            "0",
+            str(script),
+            str(out),
+        ]
+    )
+    return {rank: json.loads((out / f"rank_{rank}.json").read_text()) for rank in (0, 1)}
 
 
 @pytest.mark.slow
 def test_each_process_draws_its_own_randomness_deterministically(tmp_path):
-    first, second = draws(tmp_path), draws(tmp_path)
+    first, second = draws(tmp_path, "first"), draws(tmp_path, "second")
     assert first == second  # deterministic in (seed, rank)
     assert (first[0]["lam"], first[0]["mask"]) != (first[1]["lam"], first[1]["mask"])
     assert first[0]["mask"] != first[1]["mask"]

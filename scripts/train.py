@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None):
 
     from modeling_vit_custom.bench.harness import forward_flops_per_image, peak_flops
     from modeling_vit_custom.data.decoding import check_bad_images
+    from modeling_vit_custom.data.in_memory import check_in_memory_flags
     from modeling_vit_custom.data.loaders import build_dataloaders
     from modeling_vit_custom.data.sources import load_datasets
     from modeling_vit_custom.data.transforms import Normalize, build_mixup, smooth_labels
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None):
     logger = get_logger(__name__)
     # Everything that can be refused is refused here, before any data is read or a process group is formed.
     check_environment(args)
+    check_in_memory_flags(data_args, aug_args)
     if not args.dry_run:  # a dry run writes nothing
         check_output_dir(
             args.output_dir, resume=bool(args.resume_from_checkpoint), overwrite=args.overwrite_output_dir
@@ -113,7 +115,14 @@ def main(argv: list[str] | None = None):
     num_classes = len(splits.class_names)
     model, settings = build_model(model_args, splits.class_names)
     train_loader, eval_loader, train_sampler = build_dataloaders(
-        splits, settings, aug_args, data_args, args, accelerator.process_index, accelerator.num_processes
+        splits,
+        settings,
+        aug_args,
+        data_args,
+        args,
+        accelerator.process_index,
+        accelerator.num_processes,
+        accelerator.device,
     )
     mixup = build_mixup(aug_args, num_classes)
     # The loaders hand over uint8 images: normalized (and erased, in training) per batch on the device.

@@ -1,8 +1,10 @@
 """Launch `scripts/train.py` as its users do (accelerate, CPU) on a tiny imagefolder: helpers shared by the tests."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,8 @@ def write_split(root: Path, per_class: list[int], seed: int):
             Image.fromarray(pixels).save(root / name / f"{i}.png")
 
 
-def train_command(data: tuple[Path, Path], output_dir: Path, *extra: str, processes: int = 1) -> list[str]:
+def train_command(data: tuple[Path, Path] | Path, output_dir: Path, *extra: str, processes: int = 1) -> list[str]:
+    """The training command on (train folder, validation folder), or on a dataset saved with `save_to_disk`."""
     if processes == 1:
         launch = [ACCELERATE, "launch", "--config_file", str(ROOT / "configs/accelerate/cpu.yaml")]
     else:
@@ -37,8 +40,8 @@ def train_command(data: tuple[Path, Path], output_dir: Path, *extra: str, proces
     return [
         *launch,
         str(ROOT / "scripts/train.py"),
-        "--train_dir", str(data[0]),
-        "--validation_dir", str(data[1]),
+        *(("--dataset_path", str(data)) if isinstance(data, Path) else
+          ("--train_dir", str(data[0]), "--validation_dir", str(data[1]))),
         "--model_config_overrides", TINY,
         "--output_dir", str(output_dir),
         "--per_device_train_batch_size", "4",
@@ -67,6 +70,19 @@ def run(command: list[str]) -> subprocess.CompletedProcess:
     result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return result
+
+
+def kill_once_exists(command: list[str], path: Path, poll_s: float = 0.05) -> None:
+    """Start `command` and SIGKILL it (the launcher and its workers) as soon as `path` exists."""
+    process = subprocess.Popen(
+        command, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 300
+    while not path.exists():
+        assert process.poll() is None and time.monotonic() < deadline, f"the run ended before {path} existed"
+        time.sleep(poll_s)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def events(output_dir: Path, kind: str) -> list[dict]:

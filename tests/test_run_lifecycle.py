@@ -13,7 +13,18 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from launch import ROOT, TINY, environment, events, final_weights, lr_by_step, run, train_command, write_split
+from launch import (
+    ROOT,
+    TINY,
+    environment,
+    events,
+    final_weights,
+    kill_once_exists,
+    lr_by_step,
+    run,
+    train_command,
+    write_split,
+)
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -159,16 +170,8 @@ def test_sigkill_while_a_checkpoint_is_written_leaves_the_previous_one_as_latest
     wide = TINY.replace("hidden_size=32", "hidden_size=384").replace("intermediate_size=64", "intermediate_size=1536")
     args = ("--per_device_train_batch_size", "8", "--checkpointing_steps", "2", "--num_train_epochs", "2",
             "--checkpoints_total_limit", "1", "--model_config_overrides", wide)  # fmt: skip
-    process = subprocess.Popen(
-        train_command(image_folders, out, *args), env=environment(), stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    staging, deadline = out / "checkpoints" / ".tmp_step_4", time.monotonic() + 300
-    while not (staging / "model.safetensors").exists():
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its second checkpoint"
-        time.sleep(0.0005)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    staging = out / "checkpoints" / ".tmp_step_4"
+    kill_once_exists(train_command(image_folders, out, *args), staging / "model.safetensors", poll_s=0.0005)
     assert not (out / "checkpoints" / "step_4").exists(), "the kill came after the checkpoint was complete"
     assert [p.name for p in list_checkpoints(out)] == ["step_2"]
     result = run(train_command(image_folders, out, *args, "--resume_from_checkpoint", "latest"))

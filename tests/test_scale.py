@@ -144,17 +144,11 @@ def saved_dataset(image_folders, tmp_path_factory) -> Path:
     return root / "data"
 
 
-def saved_command(saved: Path, output_dir: Path, *extra: str, processes: int = 1) -> list[str]:
-    command = train_command((Path("unused"), Path("unused")), output_dir, *extra, processes=processes)
-    at = command.index("--train_dir")
-    return [*command[:at], "--dataset_path", str(saved), *command[at + 4 :]]
-
-
 @pytest.mark.slow
 def test_a_stream_of_known_length_trains_in_epochs_and_counts_every_sample(saved_dataset, tmp_path):
     """48 training images on 2 processes x batch 4: 6 steps an epoch, 2 epochs, warm-up of 1 epoch."""
     out = tmp_path / "run"
-    run(saved_command(saved_dataset, out, "--streaming", "--num_train_epochs", "2", "--warmup_epochs", "1",
+    run(train_command(saved_dataset, out, "--streaming", "--num_train_epochs", "2", "--warmup_epochs", "1",
                       "--num_warmup_steps", "0", processes=2))  # fmt: skip
     assert [e["step"] for e in events(out, "eval")] == [6, 12]
     assert [e["eval_samples"] for e in events(out, "eval")] == [97, 97]
@@ -186,7 +180,7 @@ def test_an_unlabelled_split_is_refused(image_folders, tmp_path, streaming):
     test = train.select(range(8)).map(lambda row: {"label": -1}, features=train.features)
     datasets.DatasetDict({"train": train, "test": test}).save_to_disk(tmp_path / "data")
     extra = ["--validation_split", "test", *(["--streaming", "--max_train_steps", "2"] if streaming else [])]
-    result = subprocess.run(saved_command(tmp_path / "data", tmp_path / "run", *extra), env=environment(),
+    result = subprocess.run(train_command(tmp_path / "data", tmp_path / "run", *extra), env=environment(),
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode != 0
     where = "stream position 0" if streaming else "split 'test'"

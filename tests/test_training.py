@@ -1,18 +1,15 @@
 """The training script, launched for real with accelerate as its users launch it (1 and 2 CPU processes)."""
 
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from launch import ROOT, TINY, environment, events, final_weights, lr_by_step, run, train_command
+from launch import ROOT, TINY, environment, events, final_weights, kill_once_exists, lr_by_step, run, train_command
 
 from modeling_vit_custom.data.sampling import EpochSampler, SeededSamples
 from modeling_vit_custom.training.arguments import parse_config_overrides
@@ -117,16 +114,7 @@ def test_killed_run_resumes_bit_identical(image_folders, tmp_path):
     run(train_command(image_folders, reference, *args))
 
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen(
-        train_command(image_folders, interrupted, *args),
-        env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not (interrupted / "checkpoints" / "step_5").is_dir():
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_once_exists(train_command(image_folders, interrupted, *args), interrupted / "checkpoints" / "step_5")
     assert not (interrupted / "final").exists()
     # A checkpoint folder left half-written by the kill (or by anything else) must not be picked as "latest".
     half_written = interrupted / "checkpoints" / "step_999"

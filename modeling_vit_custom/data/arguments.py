@@ -29,6 +29,10 @@ class DataArguments:
     max_bad_image_fraction: float = 0.01
     # How the model card names the data (default: the Hub id, else the train folder's parent folder name).
     dataset_label: str | None = None
+    # Decode every image once and keep it in memory (on the GPU when training on one), augmenting whole batches there:
+    # "auto" does it for datasets up to data_in_memory_max_gb whose augmentations can be batched.
+    data_in_memory: str = "auto"
+    data_in_memory_max_gb: float = 4.0
 
     def __post_init__(self):
         sources = (self.dataset_name, self.train_dir, self.validation_dir, self.train_file, self.validation_file)
@@ -43,6 +47,10 @@ class DataArguments:
             raise ValueError(
                 f"max_bad_image_fraction: expected a value in [0, 1], got {self.max_bad_image_fraction!r}"
             )
+        if self.data_in_memory not in ("auto", "true", "false"):
+            raise ValueError(f"data_in_memory: expected 'auto', 'true' or 'false', got {self.data_in_memory!r}")
+        if not self.data_in_memory_max_gb >= 0:
+            raise ValueError(f"data_in_memory_max_gb: expected a size in GiB >= 0, got {self.data_in_memory_max_gb!r}")
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value <= 0:

@@ -1,18 +1,38 @@
-"""Train and eval DataLoaders that decode in workers, for map-style and streaming splits."""
+"""Train and eval DataLoaders: decoding in workers (map-style and streaming splits), or from a decoded in-memory
+copy of a small dataset."""
+
+import logging
 
 import torch
 
 from ..image_processing import PreprocessSettings
 from .decoding import ImageClassificationDataset, StreamingImageClassificationDataset, collate
+from .in_memory import build_in_memory_loaders, plan_in_memory
 from .sampling import EpochSampler, SeededSamples
 from .transforms import EvalTransform, build_train_transform
 
+logger = logging.getLogger(__name__)
+
 
 def build_dataloaders(
-    splits, settings: PreprocessSettings, aug_args, data_args, args, process_index: int = 0, num_processes: int = 1
+    splits,
+    settings: PreprocessSettings,
+    aug_args,
+    data_args,
+    args,
+    process_index: int = 0,
+    num_processes: int = 1,
+    device: str | torch.device = "cpu",
 ):
-    """Train and eval DataLoaders that decode in workers, for this process of `num_processes`; returns (train, eval,
-    the object that takes set_epoch)."""
+    """Train and eval DataLoaders for this process of `num_processes`, over a decoded copy held on `device` when
+    `--data_in_memory` chooses it (`in_memory.plan_in_memory`), else decoding in workers; returns (train, eval, the
+    object that takes set_epoch)."""
+    if not data_args.streaming:
+        num_images = len(splits.train) + len(splits.validation)
+        plan = plan_in_memory(data_args, aug_args, num_images, settings, device)
+        logger.info("Data %s: %s", "decoded once into memory" if plan.use else "decoded in workers", plan.reason)
+        if plan.use:
+            return build_in_memory_loaders(splits, settings, aug_args, data_args, args, num_processes, device)
     train_transform = build_train_transform(settings, aug_args)
     eval_transform = EvalTransform(settings)
     workers = args.num_workers

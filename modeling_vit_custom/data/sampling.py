@@ -8,6 +8,12 @@ import numpy as np
 import torch
 
 
+def sample_seed(seed: int, key: tuple[int, ...]) -> int:
+    """The seed of one sample's augmentation: `key` is (epoch, index) or, for a repeated image, (epoch, index, copy),
+    each copy its own augmentation. Python hashes tuples of ints the same in every process and run."""
+    return hash((seed, *key)) % 2**32
+
+
 class EpochSampler(torch.utils.data.Sampler):
     """Yields (epoch, index) in a permutation fixed by (seed, epoch), so any epoch can be replayed from any batch.
 
@@ -90,16 +96,15 @@ class SeededSamples(torch.utils.data.Dataset):
 
     @contextmanager
     def _seeded(self, key: tuple[int, ...]):
-        """`key` is (epoch, index) or, for a repeated image, (epoch, index, copy): each copy its own augmentation."""
-        sample_seed = hash((self.seed, *key)) % 2**32
+        seed = sample_seed(self.seed, key)
         # timm's transforms draw from all three generators. In the training process (num_workers=0, where the loader
         # prefetches a batch ahead of the step) their global states are put back afterwards, so that the dropout /
         # mixup randomness a checkpoint restores is not shifted; a worker process has no other use for them.
         in_worker = torch.utils.data.get_worker_info() is not None
         states = None if in_worker else (random.getstate(), np.random.get_state(), torch.get_rng_state())
-        random.seed(sample_seed)
-        np.random.seed(sample_seed)
-        torch.default_generator.manual_seed(sample_seed)  # torch.manual_seed also seeds CUDA: 100x slower
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.default_generator.manual_seed(seed)  # torch.manual_seed also seeds CUDA: 100x slower
         try:
             yield
         finally:

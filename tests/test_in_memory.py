@@ -1,0 +1,172 @@
+"""The in-memory data path: small datasets decoded once, augmented a batch at a time, replayable from any batch."""
+
+import io
+import subprocess
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from launch import TINY, environment, events, final_weights, kill_once_exists, run, train_command
+from PIL import Image
+from torchvision.transforms.v2 import functional as F
+
+from modeling_vit_custom.data.arguments import AugmentArguments, DataArguments
+from modeling_vit_custom.data.in_memory import AugmentedImages, decode_all, plan_in_memory
+from modeling_vit_custom.image_processing import PreprocessSettings
+
+AUGMENTED = ("--data_in_memory", "true", "--randaugment", "", "--train_crop_scale", "0.3", "1.0",
+             "--random_erasing", "0.25", "--mixup", "0.8", "--cutmix", "1.0", "--label_smoothing", "0.1")  # fmt: skip
+
+
+def images(count: int, size: int = 12, seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (count, 3, size, size), dtype=np.uint8))
+
+
+def test_each_sample_is_augmented_by_its_key_whatever_the_batch():
+    train = AugmentedImages(images(6), torch.arange(6), seed=3, crop_scale=(0.2, 1.0), hflip=0.5)
+    keys = [(0, 4), (0, 1), (0, 5), (1, 4)]
+    together = train.__getitems__(keys)
+    alone = [train.__getitems__([key])["pixel_values"][0] for key in keys]
+    for i, key in enumerate(keys):
+        assert torch.equal(together["pixel_values"][i], alone[i]), key
+    assert together["labels"].tolist() == [4, 1, 5, 4]
+    # Another epoch draws another crop of the same image; the same key draws the same one in a new dataset.
+    assert not torch.equal(alone[0], alone[3])
+    again = AugmentedImages(images(6), torch.arange(6), seed=3, crop_scale=(0.2, 1.0), hflip=0.5)
+    assert torch.equal(again.__getitems__([(0, 4)])["pixel_values"][0], alone[0])
+
+
+def test_whole_image_crops_and_flips_are_exact():
+    stored = images(4)
+    keep = AugmentedImages(stored, torch.arange(4), seed=0, crop_scale=(1.0, 1.0), hflip=0.0)
+    flip = AugmentedImages(stored, torch.arange(4), seed=0, crop_scale=(1.0, 1.0), hflip=1.0)
+    keys = [(0, i) for i in range(4)]
+    assert torch.equal(keep.__getitems__(keys)["pixel_values"], stored)
+    assert torch.equal(flip.__getitems__(keys)["pixel_values"], stored.flip(-1))
+
+
+def test_random_resized_crops_are_torchvisions_bilinear_resized_crop():
+    """Each crop box, resampled in one roi_align for the batch, matches torchvision's resized_crop of that box wherever
+    torchvision samples inside the box (at the border roi_align reads the pixels beyond it; torchvision repeats the
+    box's edge)."""
+    stored = images(8, size=16)
+    train = AugmentedImages(stored, torch.arange(8), seed=1, crop_scale=(0.1, 0.6), hflip=0.0)
+    keys = [(2, i) for i in range(8)]
+    batch = train.__getitems__(keys)["pixel_values"]
+    out = torch.arange(16) + 0.5
+    for i, key in enumerate(keys):
+        (x0, y0, x1, y1), flipped = train._draw(key, 16)
+        assert not flipped and 0.1 * 256 - 16 <= (x1 - x0) * (y1 - y0) <= 0.6 * 256 + 16
+        expected = F.resized_crop(
+            stored[i], y0, x0, y1 - y0, x1 - x0, [16, 16], F.InterpolationMode.BILINEAR, antialias=False
+        )
+        rows = (out * (y1 - y0) / 16 - 0.5).clamp(min=-1) >= 0
+        columns = (out * (x1 - x0) / 16 - 0.5) >= 0
+        rows &= (out * (y1 - y0) / 16 - 0.5) <= y1 - y0 - 1
+        columns &= (out * (x1 - x0) / 16 - 0.5) <= x1 - x0 - 1
+        inside = rows[:, None] & columns[None, :]
+        assert inside.sum() >= 100
+        difference = (batch[i].int() - expected.int()).abs()[:, inside]
+        assert difference.max() <= 1, key
+
+
+def test_the_choice_of_path_and_its_refusals_name_the_flag_and_the_size():
+    settings = PreprocessSettings(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    data = DataArguments(dataset_name="cifar10")
+    plan = plan_in_memory(data, AugmentArguments(randaugment=""), 60_000, settings, "cpu")
+    assert plan.use and plan.cache_bytes == 60_000 * 3 * 32 * 32
+    plan = plan_in_memory(data, AugmentArguments(), 60_000, settings, "cpu")
+    assert not plan.use and "--randaugment" in plan.reason
+    capped = DataArguments(dataset_name="cifar10", data_in_memory_max_gb=0.1)
+    plan = plan_in_memory(capped, AugmentArguments(randaugment=""), 60_000, settings, "cpu")
+    assert not plan.use and "0.17 GiB" in plan.reason and "--data_in_memory_max_gb 0.1" in plan.reason
+    forced = DataArguments(dataset_name="ILSVRC/imagenet-1k", data_in_memory="true")
+    imagenet = PreprocessSettings(image_size=224)
+    with pytest.raises(ValueError, match=r"--data_in_memory true: 1,331,167 images of 150,528 bytes need 186\.6"):
+        plan_in_memory(forced, AugmentArguments(randaugment=""), 1_331_167, imagenet, "cpu")
+    with pytest.raises(ValueError, match="--data_in_memory true: --color_jitter 0.4"):
+        plan_in_memory(forced, AugmentArguments(randaugment="", color_jitter=0.4), 10, imagenet, "cpu")
+    with pytest.raises(ValueError, match="data_in_memory: expected 'auto', 'true' or 'false', got 'yes'"):
+        DataArguments(dataset_name="cifar10", data_in_memory="yes")
+
+
+def test_decoding_once_replaces_an_undecodable_image_and_counts_it(caplog):
+    pixels = images(3, size=8).permute(0, 2, 3, 1).numpy()
+    encoded = []
+    for array in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        encoded.append({"bytes": buffer.getvalue(), "path": None})
+    encoded[1] = {"bytes": b"not an image", "path": "broken.png"}
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=3)})
+    split = datasets.Dataset.from_dict({"image": encoded, "label": [0, 1, 2]}, features=features)
+    settings = PreprocessSettings(image_size=8, crop_pct=1.0)
+    decoded, labels = decode_all(split, settings, max_bad_fraction=0.5, num_workers=0, device="cpu")
+    assert labels.tolist() == [0, 2, 2]  # the broken image is replaced by the next good one, with its label
+    assert torch.equal(decoded[1], decoded[2]) and torch.equal(
+        decoded[0], torch.from_numpy(pixels[0]).permute(2, 0, 1)
+    )
+    assert "Replaced 1 undecodable images of 3" in caplog.text
+    with pytest.raises(RuntimeError, match="1 of 3 images"):
+        decode_all(split, settings, max_bad_fraction=0.1, num_workers=0, device="cpu")
+
+
+def test_in_memory_training_equals_the_worker_path_when_nothing_is_random(image_folders, tmp_path):
+    """Images at the model's size, no crop, no flip: both paths feed the same pixels in the same order."""
+    same_size = ("--model_config_overrides", TINY.replace("image_size=16", "image_size=20"), "--crop_pct", "1.0",
+                 "--train_crop_scale", "1.0", "1.0", "--hflip", "0", "--randaugment", "", "--random_erasing", "0",
+                 "--num_train_epochs", "1")  # fmt: skip
+    memory, workers = tmp_path / "memory", tmp_path / "workers"
+    log = run(train_command(image_folders, memory, *same_size, "--data_in_memory", "true")).stderr
+    assert "Data decoded once into memory: 149 images of 1,200 bytes" in log
+    log = run(train_command(image_folders, workers, *same_size, "--data_in_memory", "false")).stderr
+    assert "Data decoded in workers: --data_in_memory false" in log
+    assert [e["loss"] for e in events(memory, "train")] == [e["loss"] for e in events(workers, "train")]
+    assert events(memory, "eval")[-1]["eval_top1"] == events(workers, "eval")[-1]["eval_top1"]
+    expected, got = final_weights(workers), final_weights(memory)
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
+
+
+def test_in_memory_run_killed_and_resumed_is_bit_identical(image_folders, tmp_path):
+    """Crops, flips, erasing, mixup, cutmix and drop-path on: SIGKILL after a mid-epoch checkpoint, resume."""
+    args = (*AUGMENTED, "--num_train_epochs", "2", "--checkpointing_steps", "5", "--checkpoints_total_limit", "5",
+            "--model_config_overrides", TINY + ",drop_path_rate=0.1")  # fmt: skip
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    run(train_command(image_folders, reference, *args))
+    kill_once_exists(train_command(image_folders, interrupted, *args), interrupted / "checkpoints" / "step_5")
+    assert not (interrupted / "final").exists()
+    run(train_command(image_folders, interrupted, *args, "--resume_from_checkpoint", "latest"))
+    expected, resumed = final_weights(reference), final_weights(interrupted)
+    assert all(torch.equal(expected[name], resumed[name]) for name in expected)
+    assert [e["loss"] for e in events(interrupted, "train")] == [e["loss"] for e in events(reference, "train")]
+
+
+def test_a_cifar_shaped_hub_dataset_trains_in_memory_on_two_processes(tmp_path):
+    """CIFAR-10's schema (32x32 RGB "img", 10-class "label"), saved with `save_to_disk`; 2 processes each hold it."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(200) % 10
+    pixels = rng.integers(0, 100, (200, 32, 32, 3), dtype=np.uint8)
+    pixels[np.arange(200), :, :, labels % 3] += (25 * labels).astype(np.uint8)[:, None, None]
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
+    table = {"img": [Image.fromarray(p) for p in pixels], "label": labels.tolist()}
+    full = datasets.Dataset.from_dict(table, features=features)
+    datasets.DatasetDict({"train": full.select(range(160)), "test": full.select(range(160, 200))}).save_to_disk(
+        tmp_path / "cifar"
+    )
+    out = tmp_path / "run"
+    log = run(train_command(tmp_path / "cifar", out, *AUGMENTED,
+                            "--model_config_overrides", TINY.replace("image_size=16", "image_size=32"),
+                            "--num_train_epochs", "2", processes=2)).stderr  # fmt: skip
+    assert "Data decoded once into memory: 200 images of 3,072 bytes" in log
+    evaluation = events(out, "eval")[-1]
+    assert evaluation["eval_samples"] == 40 and np.isfinite(evaluation["eval_loss"])
+    assert len(events(out, "train")) == 2 * 160 // (4 * 2)
+
+
+def test_data_in_memory_true_with_randaugment_is_refused_before_any_data_is_read(image_folders, tmp_path):
+    command = train_command(image_folders, tmp_path / "run", "--data_in_memory", "true")
+    result = subprocess.run(command, env=environment(), capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "--data_in_memory true: --randaugment 'rand-m9-mstd0.5-inc1' works on PIL images" in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -18,6 +18,7 @@ from modeling_vit_custom import ViTCustomConfig, ViTCustomForImageClassification
 from modeling_vit_custom.interop.timm_conversion import to_timm
 from modeling_vit_custom.training.arguments import TrainingArguments, parse_config_overrides
 from modeling_vit_custom.training.models import create_optimizer, param_groups
+from modeling_vit_custom.training.pretrained import load_pretrained
 
 POSITION_EMBEDDINGS = "vit.embeddings.position_embeddings"
 
@@ -148,3 +149,13 @@ def test_layer_decay_scales_each_depth_as_beit_and_timm(tiny_config):
 def test_layer_decay_outside_zero_to_one_is_refused(value):
     with pytest.raises(ValueError, match=rf"--layer_decay: expected a value in \(0, 1\] or unset, got {value}"):
         TrainingArguments(layer_decay=value)
+
+
+def test_the_same_class_count_and_size_load_every_tensor_as_saved(checkpoint):
+    class_names = [f"class_{i}" for i in range(10)]
+    model = load_pretrained(str(checkpoint), {"drop_path_rate": 0.1}, class_names)
+    state_dict = model.state_dict()
+    source = load_file(checkpoint / "model.safetensors")
+    assert state_dict.keys() == source.keys()
+    assert all(torch.equal(state_dict[name], tensor) for name, tensor in source.items())
+    assert model.config.id2label[3] == "class_3" and model.config.drop_path_rate == 0.1

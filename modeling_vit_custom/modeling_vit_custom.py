@@ -12,6 +12,21 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from .configuration_vit_custom import ViTCustomConfig
 
 
+def resample_position_embeddings(
+    position_embeddings: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int], antialias: bool = False
+) -> torch.Tensor:
+    """Position embeddings (1, 1 + old_h * old_w, D) -> (1, 1 + new_h * new_w, D): the class token's row kept, the
+    patch rows resampled as an image, bicubic in float32 (timm's `resample_abs_pos_embed`; timm antialiases by
+    default, which also changes the bicubic kernel when upsampling)."""
+    cls_pos, patch_pos = position_embeddings[:, :1], position_embeddings[:, 1:]
+    dim = patch_pos.shape[-1]
+    grid = patch_pos.reshape(1, *old_grid, dim).permute(0, 3, 1, 2)
+    # By target size (not scale factor) so the result has exactly the new grid and the op traces.
+    grid = F.interpolate(grid.float(), size=new_grid, mode="bicubic", align_corners=False, antialias=antialias)
+    patch_pos = grid.to(patch_pos.dtype).permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim)
+    return torch.cat([cls_pos, patch_pos], dim=1)
+
+
 class ViTCustomEmbeddings(nn.Module):
     """Image (B, C, H, W) -> tokens (B, 1 + num_patches, hidden_size): patches and a linear projection (or the
     convolutional stem, `conv_stem_depth` > 0), class token, learned position embedding, dropout."""
@@ -46,18 +61,12 @@ class ViTCustomEmbeddings(nn.Module):
 
     def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
         """Resample the patch position embeddings to the image's token grid, bicubic in float32."""
-        new_h, new_w = self.grid(height, width)
+        new_grid = self.grid(height, width)
         # Checked first when exporting, so that torch.export does not keep the shortcut's size test as a guard that
         # would refuse the model's own size in a graph with dynamic height and width.
-        if not torch.compiler.is_exporting() and (new_h, new_w) == (self.grid_size, self.grid_size):
+        if not torch.compiler.is_exporting() and new_grid == (self.grid_size, self.grid_size):
             return self.position_embeddings
-        cls_pos, patch_pos = self.position_embeddings[:, :1], self.position_embeddings[:, 1:]
-        dim = patch_pos.shape[-1]
-        grid = patch_pos.reshape(1, self.grid_size, self.grid_size, dim).permute(0, 3, 1, 2)
-        # By target size (not scale factor) so the result has exactly the input's grid and the op traces.
-        grid = F.interpolate(grid.float(), size=(new_h, new_w), mode="bicubic", align_corners=False)
-        patch_pos = grid.to(patch_pos.dtype).permute(0, 2, 3, 1).reshape(1, new_h * new_w, dim)
-        return torch.cat([cls_pos, patch_pos], dim=1)
+        return resample_position_embeddings(self.position_embeddings, (self.grid_size, self.grid_size), new_grid)
 
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         if pixel_values.ndim != 4 or pixel_values.shape[1] != self.num_channels:
@@ -144,11 +153,15 @@ class ViTCustomAttention(nn.Module):
             qkv = self.qkv(hidden_states).view(B, Nq, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
         else:
-            # The fused weight's first D rows project the queries, the other 2 D rows the keys and values.
-            weight, bias = self.qkv.weight, self.qkv.bias
-            q = F.linear(hidden_states, weight[:D], None if bias is None else bias[:D])
+            if type(self.qkv) is nn.Linear:
+                # The fused weight's first D rows project the queries, the other 2 D rows the keys and values.
+                weight, bias = self.qkv.weight, self.qkv.bias
+                q = F.linear(hidden_states, weight[:D], None if bias is None else bias[:D])
+                kv = F.linear(key_value_states, weight[D:], None if bias is None else bias[D:])
+            else:
+                # A wrapped projection (LoRA adapters, a quantized layer) computes more than its `weight`: call it.
+                q, kv = self.qkv(hidden_states)[..., :D], self.qkv(key_value_states)[..., D:]
             q = q.view(B, Nq, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, Nq, head_dim)
-            kv = F.linear(key_value_states, weight[D:], None if bias is None else bias[D:])
             N = key_value_states.shape[1]
             k, v = kv.view(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if output_attentions:

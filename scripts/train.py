@@ -23,6 +23,7 @@ from modeling_vit_custom.training.arguments import (
     TrainingArguments,
     check_environment,
     parse_args,
+    parse_config_overrides,
     to_jsonable,
 )
 
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None):
         steps_per_epoch,
     )
     from modeling_vit_custom.training.plan import format_plan, measure_step_seconds, run_plan
+    from modeling_vit_custom.training.pretrained import fit_checkpoint
     from modeling_vit_custom.training.run_log import (
         CURVES_FILE,
         EVAL_EVENT,
@@ -81,6 +83,8 @@ def main(argv: list[str] | None = None):
     # Everything that can be refused is refused here, before any data is read or a process group is formed.
     check_environment(args)
     check_in_memory_flags(data_args, aug_args)
+    if model_args.model_name_or_path and model_args.model == "vit_custom":  # the checkpoint's shapes, from its headers
+        fit_checkpoint(model_args.model_name_or_path, parse_config_overrides(model_args.model_config_overrides))
     if not args.dry_run:  # a dry run writes nothing
         check_output_dir(
             args.output_dir, resume=bool(args.resume_from_checkpoint), overwrite=args.overwrite_output_dir

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from modeling_vit_custom.training.run_log import read_metrics
 
@@ -95,3 +95,32 @@ def lr_by_step(output_dir: Path) -> dict[int, float]:
 
 def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(output_dir / "final" / "model.safetensors")
+
+
+REMOTE_LOGITS = r"""
+import sys
+sys.modules["modeling_vit_custom"] = None  # the folder must load through its own code, not the installed package
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForImageClassification
+
+folder, inputs_path, outputs_path = sys.argv[1:]
+model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+with torch.no_grad():
+    logits = model(load_file(inputs_path)["pixel_values"]).logits
+save_file({"logits": logits.contiguous()}, outputs_path)
+"""
+
+
+def remote_logits(folder: Path, pixel_values: torch.Tensor, workdir: Path) -> torch.Tensor:
+    """Logits of `folder` loaded with AutoModelForImageClassification and trust_remote_code in a clean `python -I`
+    process (offline, its own HF_HOME, the package not importable)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    save_file({"pixel_values": pixel_values.contiguous()}, workdir / "inputs.safetensors")
+    env = {key: value for key, value in environment().items() if not key.startswith("PYTHON")}
+    env["HF_HOME"] = str(workdir / "hf_home")
+    command = [sys.executable, "-I", "-c", REMOTE_LOGITS, str(folder), "inputs.safetensors", "outputs.safetensors"]
+    result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return load_file(workdir / "outputs.safetensors")["logits"]

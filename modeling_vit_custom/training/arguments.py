@@ -18,7 +18,11 @@ class ModelArguments:
         default="vit_custom", metadata={"help": "'vit_custom', or 'timm:<name>' to train timm's model in this loop."}
     )
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "A saved model folder to start from (new head if the label count differs)."}
+        default=None,
+        metadata={
+            "help": "A saved model folder to start from: another image_size resamples its position embeddings, "
+            "another class count gives a new head, any other shape difference is refused."
+        },
     )
     model_config_overrides: str | None = field(
         default=None, metadata={"help": "ViTCustomConfig fields, e.g. 'hidden_size=64,num_hidden_layers=2'."}
@@ -64,6 +68,13 @@ class TrainingArguments:
     gradient_accumulation_steps: int = 1
     learning_rate: float = field(default=5e-4, metadata={"help": "Per 512 images of global batch (DeiT's rule)."})
     weight_decay: float = 0.05
+    layer_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "Layer-wise lr decay for fine-tuning (BEiT): the head at the full lr, encoder layer i of L at "
+            "decay ** (L - i), the embeddings at decay ** (L + 1); off if unset."
+        },
+    )
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     max_grad_norm: float = 1.0
@@ -132,6 +143,9 @@ class TrainingArguments:
             _expect(self, name, getattr(self, name) >= 0, "a value >= 0")
         for name in ("adam_beta1", "adam_beta2"):
             _expect(self, name, 0.0 <= getattr(self, name) < 1.0, "a value in [0, 1)")
+        _expect(
+            self, "layer_decay", self.layer_decay is None or 0 < self.layer_decay <= 1, "a value in (0, 1] or unset"
+        )
         _expect(self, "ema_decay", self.ema_decay is None or 0.0 < self.ema_decay < 1.0, "a value in (0, 1) or unset")
         _expect(self, "mixed_precision", self.mixed_precision in (None, "no", "bf16", "fp16"), "no, bf16 or fp16")
         if self.lr_scheduler_kwargs is not None:

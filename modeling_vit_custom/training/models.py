@@ -12,6 +12,7 @@ from .. import ViTCustomConfig, ViTCustomForImageClassification
 from ..files import replacing
 from ..image_processing import PreprocessSettings
 from .arguments import ModelArguments, TrainingArguments, parse_config_overrides
+from .pretrained import load_pretrained
 
 
 def logits_of(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -25,9 +26,8 @@ def num_classes_of(model: nn.Module) -> int:
 
 
 def build_model(args: ModelArguments, class_names: list[str]) -> tuple[nn.Module, PreprocessSettings]:
-    """Our model (from overrides or a saved folder) or `timm:<name>`, with the preprocessing it expects."""
-    id2label = dict(enumerate(class_names))
-    label2id = {name: i for i, name in id2label.items()}
+    """Our model (from overrides, or a saved folder with `pretrained.load_pretrained`) or `timm:<name>`, with the
+    preprocessing it expects."""
     overrides = parse_config_overrides(args.model_config_overrides)
     if args.model.startswith("timm:"):
         import timm
@@ -37,16 +37,11 @@ def build_model(args: ModelArguments, class_names: list[str]) -> tuple[nn.Module
     if args.model != "vit_custom":
         raise ValueError(f"--model: expected 'vit_custom' or 'timm:<name>', got {args.model!r}")
     if args.model_name_or_path:
-        model = ViTCustomForImageClassification.from_pretrained(
-            args.model_name_or_path,
-            num_labels=len(class_names),
-            id2label=id2label,
-            label2id=label2id,
-            ignore_mismatched_sizes=True,
-            **overrides,
-        )
+        model = load_pretrained(args.model_name_or_path, overrides, class_names)
     else:
-        config = ViTCustomConfig(num_labels=len(class_names), id2label=id2label, label2id=label2id, **overrides)
+        id2label = dict(enumerate(class_names))
+        label2id = {name: i for i, name in id2label.items()}
+        config = ViTCustomConfig(id2label=id2label, label2id=label2id, **overrides)
         model = ViTCustomForImageClassification(config)
     settings = args.preprocess_settings(model.config.image_size)
     if len(settings.mean) != model.config.num_channels:
@@ -82,16 +77,43 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return ViTCustomForImageClassification.compute_loss(logits, labels)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on 1-D parameters (biases, norms) nor on the position embedding and class token."""
+def layer_depth(name: str, num_layers: int) -> int:
+    """BEiT's and MAE's depth of one of our classifier's parameters: 0 for the embeddings, i + 1 for encoder layer
+    i, num_layers + 1 for the final norm and the head (timm's grouping puts the final norm with the last layer)."""
+    if name.startswith("vit.embeddings."):
+        return 0
+    if name.startswith("vit.encoder.layers."):
+        return int(name.split(".")[3]) + 1
+    return num_layers + 1
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+    """No weight decay on 1-D parameters (biases, norms) nor on the position embedding and class token.
+
+    With `layer_decay` (BEiT, MAE; timm's `param_groups_layer_decay`), one group per depth and decay, each with an
+    `lr_scale` of layer_decay ** (num_layers + 1 - depth): the head and final norm learn at the full rate, each
+    layer below at `layer_decay` times the one above, the embeddings least. The groups run from the head down, so
+    the first group's rate is the run's. timm models get timm's own grouping (`--model timm:<name>`)."""
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
+    if layer_decay is not None and not isinstance(model, ViTCustomForImageClassification):
+        from timm.optim import param_groups_layer_decay
+
+        groups = param_groups_layer_decay(model, weight_decay, no_weight_decay_list=skip, layer_decay=layer_decay)
+        return sorted(groups, key=lambda group: -group["lr_scale"])
+    num_layers = model.config.num_hidden_layers if layer_decay is not None else 0
+    groups = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         is_token = name in skip or name.split(".")[-1] in skip
-        (no_decay if param.ndim < 2 or is_token else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decayed = param.ndim >= 2 and not is_token
+        depth = layer_depth(name, num_layers) if layer_decay is not None else 0
+        if (depth, decayed) not in groups:
+            groups[depth, decayed] = {"params": [], "weight_decay": weight_decay if decayed else 0.0}
+            if layer_decay is not None:
+                groups[depth, decayed]["lr_scale"] = layer_decay ** (num_layers + 1 - depth)
+        groups[depth, decayed]["params"].append(param)
+    return [groups[key] for key in sorted(groups, key=lambda key: (-key[0], not key[1]))]
 
 
 def scaled_learning_rate(lr_per_512: float, global_batch_size: int) -> float:
@@ -99,10 +121,13 @@ def scaled_learning_rate(lr_per_512: float, global_batch_size: int) -> float:
 
 
 def create_optimizer(model: nn.Module, args: TrainingArguments, lr: float) -> torch.optim.AdamW:
+    """AdamW at `lr`, each group's rate scaled by its `lr_scale` (layer decay); the schedule then scales them all
+    alike (LambdaLR multiplies each group's initial rate)."""
+    groups = param_groups(model, args.weight_decay, args.layer_decay)
+    for group in groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     # The fused kernel exists for CPU and CUDA, and steps far faster than the default foreach path on both.
-    return torch.optim.AdamW(
-        param_groups(model, args.weight_decay), lr=lr, betas=(args.adam_beta1, args.adam_beta2), fused=True
-    )
+    return torch.optim.AdamW(groups, lr=lr, betas=(args.adam_beta1, args.adam_beta2), fused=True)
 
 
 def create_scheduler(optimizer, args: TrainingArguments, steps_per_epoch: int, max_train_steps: int):

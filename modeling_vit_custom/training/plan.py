@@ -47,8 +47,10 @@ def run_plan(
 ) -> list[tuple[str, str]]:
     """(setting, value) rows of the plan, in the order a reader checks a recipe."""
     warmup = args.num_warmup_steps + round(args.warmup_epochs * epoch_steps)
-    decayed = sum(p.numel() for p in optimizer.param_groups[0]["params"])
-    not_decayed = sum(p.numel() for group in optimizer.param_groups[1:] for p in group["params"])
+    groups = optimizer.param_groups
+    decayed = sum(p.numel() for group in groups if group["weight_decay"] > 0 for p in group["params"])
+    not_decayed = sum(p.numel() for group in groups if group["weight_decay"] == 0 for p in group["params"])
+    lowest_scale = min(group.get("lr_scale", 1.0) for group in groups)
     drop_path = getattr(model_config, "drop_path_rate", None)
     augmentation = ", ".join(
         [
@@ -83,6 +85,10 @@ def run_plan(
         ("epochs", f"{max_train_steps / epoch_steps:g}"),
         ("total steps", str(max_train_steps)),
         ("weight decay", f"{args.weight_decay:g}"),
+        (
+            "layer-wise lr decay",
+            "off" if args.layer_decay is None else f"{args.layer_decay:g} (the embeddings' lr x {lowest_scale:.3g})",
+        ),
         ("parameters with weight decay", f"{decayed:,}"),
         ("parameters without weight decay", f"{not_decayed:,}"),
         ("augmentation", augmentation),

@@ -69,6 +69,8 @@ def test_fsdp_shards_the_model_and_saves_gathered_folders(fsdp_run, tmp_path):
     assert report["final"]["std"] != report["final_ema"]["std"]  # the EMA is its own model
     auto_map = json.loads((fsdp_run / "final" / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForImageClassification"] == "modeling_vit_custom.ViTCustomForImageClassification"
+    best, final = (load_file(fsdp_run / folder / "model.safetensors") for folder in ("best", "final"))
+    assert all(torch.equal(best[name], final[name]) for name in final)  # the one evaluation, at step 6
 
 
 @pytest.mark.slow
@@ -97,3 +99,14 @@ def test_fsdp_matches_ddp_and_resumes_where_it_stopped(fsdp_run, image_folders, 
     for folder in ("final", "final_ema"):
         expected, got = (load_file(out / folder / "model.safetensors") for out in (fsdp_run, resumed))
         assert all(torch.equal(expected[name], got[name]) for name in expected), folder
+
+
+@pytest.mark.slow
+def test_fsdp_refuses_a_stream_before_reading_data(image_folders, tmp_path):
+    """Under FSDP every forward pass is a collective, and a stream's evaluation shards are uneven."""
+    command = train_command(image_folders, tmp_path / "run", "--streaming", "--max_train_steps", "2", processes=2,
+                            fsdp=True)  # fmt: skip
+    result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "--streaming with FSDP: expected a table, got a stream" in result.stderr
+    assert not (tmp_path / "run" / "run_config.json").exists()

@@ -78,6 +78,13 @@ def main(argv: list[str] | None = None):
         plot_metrics,
         truncate_metrics,
     )
+    from modeling_vit_custom.training.sharding import (
+        check_fsdp_arguments,
+        checkpoint_sharded,
+        enable_fsdp_on_cpu,
+        local_parameter_count,
+        shard_like_model,
+    )
 
     logger = get_logger(__name__)
     # Everything that can be refused is refused here, before any data is read or a process group is formed.
@@ -102,6 +109,10 @@ def main(argv: list[str] | None = None):
         # A process whose peer died fails its next collective after this long, instead of waiting 30 minutes.
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=args.ddp_timeout))],
     )
+    enable_fsdp_on_cpu(accelerator)
+    fsdp = accelerator.is_fsdp2
+    if fsdp:
+        check_fsdp_arguments(data_args.streaming, model_args.model)
     setup_logging(timestamps=True)
     # Every process draws its own dropout, drop-path, mixup / cutmix and erasing randomness (DeiT seeds seed + rank);
     # each sample's augmentation is seeded by (seed, epoch, index) whatever the process.
@@ -141,6 +152,10 @@ def main(argv: list[str] | None = None):
     global_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     lr = scaled_learning_rate(args.learning_rate, global_batch_size)
     optimizer = create_optimizer(model, args, lr)
+    ema = None
+    if args.ema_decay:
+        # As timm and DeiT: copied before the distributed wrapper. Its first update (step 0) copies the weights.
+        ema = ModelEmaV3(model, decay=args.ema_decay, use_warmup=args.ema_warmup)
 
     streaming = data_args.streaming
     if streaming:
@@ -174,10 +189,12 @@ def main(argv: list[str] | None = None):
     # that save_state / load_state still checkpoint it.
     scheduler = create_scheduler(optimizer, args, epoch_steps, max_train_steps)
     accelerator.register_for_checkpointing(scheduler)
-    ema = None
-    if args.ema_decay:
-        ema = ModelEmaV3(accelerator.unwrap_model(model), decay=args.ema_decay, use_warmup=args.ema_warmup)
-    if ema is not None:
+    if ema is not None and fsdp:
+        # Sharded like the model and updated shard by shard: each process averages only the parameters it holds,
+        # as it steps only their optimizer state; evaluated and saved (final_ema/) gathered, as the model is.
+        ema.module = shard_like_model(accelerator, ema.module)
+        checkpoint_sharded(accelerator, ema.module, index=1)
+    elif ema is not None:
         accelerator.register_for_checkpointing(ema)
     if args.torch_compile:
         # Compiled in place (nn.Module.compile): the module keeps its class and its parameter names, so saving,
@@ -196,6 +213,11 @@ def main(argv: list[str] | None = None):
         "evaluation_split": splits.validation_split,
         "device": torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda" else "CPU",
         "num_parameters": sum(p.numel() for p in model.parameters()),
+        "distributed_type": accelerator.distributed_type.value,
+        # Under FSDP each holds its shards, about num_parameters / num_processes; otherwise all of them.
+        "parameters_per_process": accelerator.gather(
+            torch.tensor([local_parameter_count(model)], device=accelerator.device)
+        ).tolist(),
     }
     if accelerator.is_main_process and not args.dry_run:
         (output_dir / RUN_CONFIG_FILE).write_text(json.dumps(run_config, indent=2))

@@ -31,9 +31,14 @@ def write_split(root: Path, per_class: list[int], seed: int):
             Image.fromarray(pixels).save(root / name / f"{i}.png")
 
 
-def train_command(data: tuple[Path, Path] | Path, output_dir: Path, *extra: str, processes: int = 1) -> list[str]:
+def train_command(
+    data: tuple[Path, Path] | Path, output_dir: Path, *extra: str, processes: int = 1, fsdp: bool = False
+) -> list[str]:
     """The training command on (train folder, validation folder), or on a dataset saved with `save_to_disk`."""
-    if processes == 1:
+    if fsdp:  # the shipped FSDP2 config on CPU processes, in fp32
+        launch = [ACCELERATE, "launch", "--config_file", str(ROOT / "configs/accelerate/fsdp.yaml"), "--num_processes",
+                  str(processes), "--mixed_precision", "no", "--main_process_port", "0"]  # fmt: skip
+    elif processes == 1:
         launch = [ACCELERATE, "launch", "--config_file", str(ROOT / "configs/accelerate/cpu.yaml")]
     else:
         launch = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(processes), "--main_process_port", "0"]

@@ -34,6 +34,7 @@ def save_checkpoint(accelerator, output_dir: str, step: int, state: dict, total_
             f"Could not write the checkpoint of step {step} to {staging} ({error}); stopping. "
             + (f"The previous checkpoint {previous[-1]} is intact." if previous else "No earlier checkpoint exists.")
         ) from error
+    accelerator.wait_for_everyone()  # every rank has written its part (its RNG state, its shards) before the rename
     if accelerator.is_main_process:
         commit(staging, final)
         for old in list_checkpoints(output_dir)[:-total_limit]:

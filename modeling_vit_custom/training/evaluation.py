@@ -4,6 +4,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from ..metrics import TOP_K_ACCURACY
 from .models import logits_of
@@ -67,10 +68,14 @@ def run_evaluation(
 
 
 def ranks_in_sync(model: nn.Module, accelerator) -> bool:
-    """Whether every process holds bit-identical parameters: compares a fingerprint of their raw bits."""
-    bits = torch.cat([p.detach().float().reshape(-1) for p in accelerator.unwrap_model(model).parameters()])
-    bits = bits.view(torch.int32).long()
-    weights = torch.arange(1, bits.numel() + 1, device=bits.device) % 1_000_003
-    fingerprint = (bits * weights).sum().reshape(1)  # int64 arithmetic wraps identically on every rank
+    """Whether every process holds bit-identical parameters: compares a fingerprint of their raw bits. A sharded
+    parameter (FSDP's DTensor) is held once, in shards: it is gathered, so the check holds by construction."""
+    fingerprint, offset = torch.zeros(1, dtype=torch.long, device=accelerator.device), 0
+    for param in accelerator.unwrap_model(model).parameters():
+        full = param.full_tensor() if isinstance(param, DTensor) else param
+        bits = full.detach().float().reshape(-1).view(torch.int32).long()
+        weights = torch.arange(offset + 1, offset + bits.numel() + 1, device=bits.device) % 1_000_003
+        fingerprint += (bits * weights).sum()  # int64 arithmetic wraps identically on every rank
+        offset += bits.numel()
     fingerprints = accelerator.gather(fingerprint)
     return bool((fingerprints == fingerprints[0]).all())

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from transformers import get_scheduler
 
 from .. import ViTCustomConfig, ViTCustomForImageClassification
@@ -154,6 +155,11 @@ def save_model_folder(accelerator, model: nn.Module, settings: PreprocessSetting
         unwrapped = accelerator.unwrap_model(model)
         with replacing(path, folder=True) as staging:
             if isinstance(unwrapped, ViTCustomForImageClassification):
+                if isinstance(unwrapped, FSDPModule):
+                    # fully_shard gave the model a class of torch's (FSDPViTCustom...), whose code save_pretrained
+                    # would ship: the gathered weights go through a plain model, built on the meta device.
+                    with torch.device("meta"):
+                        unwrapped = ViTCustomForImageClassification(unwrapped.config)
                 unwrapped.save_pretrained(staging, state_dict=state_dict)
             else:
                 from timm.models import save_for_hf

@@ -29,7 +29,32 @@ def write_split(root: Path, per_class: list[int], seed: int):
             Image.fromarray(pixels).save(root / name / f"{i}.png")
 
 
+def write_multi_label_split(path: Path, count: int, seed: int):
+    """A parquet file whose `labels` column (Sequence(ClassLabel)) lists the colours of the squares in each image: each
+    of CLASSES is present with probability 1/2, as an 8x8 square in its own random quadrant of a dark 20x20 image."""
+    import datasets
+
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for _ in range(count):
+        pixels = rng.integers(0, 60, size=(20, 20, 3), dtype=np.uint8)
+        present = [c for c in range(len(CLASSES)) if rng.random() < 0.5]
+        for c, quadrant in zip(present, rng.permutation(4), strict=False):
+            top, left = 10 * (quadrant // 2) + 1, 10 * (quadrant % 2) + 1
+            pixels[top : top + 8, left : left + 8] = 0
+            pixels[top : top + 8, left : left + 8, c] = 230
+        images.append(Image.fromarray(pixels))
+        labels.append(present)
+    features = datasets.Features(
+        {"image": datasets.Image(), "labels": datasets.Sequence(datasets.ClassLabel(names=CLASSES))}
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_dict({"image": images, "labels": labels}, features=features).to_parquet(str(path))
+
+
 def train_command(data: tuple[Path, Path], output_dir: Path, *extra: str, processes: int = 1) -> list[str]:
+    """The training command on two image folders, or two parquet files (--train_file / --validation_file)."""
+    kind = "file" if data[0].suffix == ".parquet" else "dir"
     if processes == 1:
         launch = [ACCELERATE, "launch", "--config_file", str(ROOT / "configs/accelerate/cpu.yaml")]
     else:
@@ -37,8 +62,8 @@ def train_command(data: tuple[Path, Path], output_dir: Path, *extra: str, proces
     return [
         *launch,
         str(ROOT / "scripts/train.py"),
-        "--train_dir", str(data[0]),
-        "--validation_dir", str(data[1]),
+        f"--train_{kind}", str(data[0]),
+        f"--validation_{kind}", str(data[1]),
         "--model_config_overrides", TINY,
         "--output_dir", str(output_dir),
         "--per_device_train_batch_size", "4",

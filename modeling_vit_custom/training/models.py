@@ -105,17 +105,15 @@ def load_for_evaluation(args: ModelArguments, checkpoint: str | None) -> tuple[n
     if is_timm_folder(args.model_name_or_path):
         import timm
 
+        # Its config.json holds the data config the run trained with (transformers would read the folder's
+        # preprocessor_config.json through its timm wrapper, which keeps no resample).
         model = timm.create_model(f"local-dir:{args.model_name_or_path}", pretrained=True)
-    else:
-        model = ViTCustomForImageClassification.from_pretrained(args.model_name_or_path)
+        return model, PreprocessSettings.from_timm(model)
+    model = ViTCustomForImageClassification.from_pretrained(args.model_name_or_path)
     try:
         settings = PreprocessSettings.from_image_processor(AutoImageProcessor.from_pretrained(args.model_name_or_path))
-    except OSError:  # a folder saved without its image processor: timm's data config, or the flags
-        settings = (
-            args.preprocess_settings(model.config.image_size)
-            if hasattr(model, "config")
-            else PreprocessSettings.from_timm(model)
-        )
+    except OSError:  # a folder saved without its image processor: the flags give the preprocessing
+        settings = args.preprocess_settings(model.config.image_size)
     return model, settings
 
 

@@ -122,3 +122,11 @@ def test_map_and_f1_match_their_definitions():
     assert result["f1"] == pytest.approx(4 / 7) and result["f1_macro"] == pytest.approx((0.5 + 1 + 0) / 3)
     # Tied scores count as one threshold, as scikit-learn's average_precision_score: precision 1/2 at recall 1.
     assert average_precision(np.array([0.5, 0.5]), np.array([1, 0])) == 0.5
+
+
+def test_hub_folder_verifies_the_pipeline_sigmoid_scores(multi_label_run, tmp_path):
+    """push_to_hub.py's clean-process check compares the pipeline's top score with sigmoid(logits) for this model."""
+    run([sys.executable, str(ROOT / "scripts/push_to_hub.py"), str(multi_label_run / "final"),
+         "--output_dir", str(tmp_path / "hub"), "--model_name", "someone/multi-label"])  # fmt: skip
+    config = json.loads((tmp_path / "hub" / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification"

@@ -55,11 +55,25 @@ class PreprocessSettings:
 
     @classmethod
     def from_image_processor(cls, processor) -> "PreprocessSettings":
+        """The settings of a saved image processor: ours (`size={"shortest_edge"}` and `crop_pct`, timm's transform),
+        or transformers' ViT one (`size={"height", "width"}`, no crop_pct), which resizes straight to height x width.
+        A square one is read as crop_pct 1.0: the same for square images; for other images it squeezes where
+        this center-crops the short side's square (a known difference)."""
         resample = processor.resample
         interpolation = next(name for name, value in INTERPOLATIONS.items() if value == resample)
+        size = processor.size
+        if size.get("shortest_edge") is not None:
+            image_size, crop_pct = size["shortest_edge"], processor.crop_pct
+        elif size.get("height") is not None and size.get("height") == size.get("width"):
+            image_size, crop_pct = size["height"], 1.0
+        else:
+            raise ValueError(
+                f"{type(processor).__name__}.size: expected {{'shortest_edge': N}} or a square "
+                f"{{'height': N, 'width': N}}, got {dict(size)}"
+            )
         return cls(
-            image_size=processor.size["shortest_edge"],
-            crop_pct=processor.crop_pct,
+            image_size=image_size,
+            crop_pct=crop_pct,
             interpolation=interpolation,
             mean=tuple(processor.image_mean),
             std=tuple(processor.image_std),

@@ -1,4 +1,5 @@
-"""Evaluate a saved model folder, a converted checkpoint or `timm:<name>` on a dataset split (timm's validate.py).
+"""Evaluate a saved model folder, a converted checkpoint or `timm:<name>` on a dataset split (timm's validate.py):
+loss, top-1 and top-5, or for a multi-label model and split (Sequence(ClassLabel) labels) loss, mAP and F1 at 0.5.
 
     accelerate launch scripts/evaluate_model.py --model_name_or_path runs/quickstart/final --dataset_name fashion_mnist
     accelerate launch scripts/evaluate_model.py --model timm:vit_base_patch16_224 --checkpoint weights.safetensors \
@@ -38,20 +39,15 @@ def main(argv: list[str] | None = None):
     from modeling_vit_custom.data.sources import load_datasets
     from modeling_vit_custom.data.transforms import EvalTransform, Normalize
     from modeling_vit_custom.training.evaluation import run_evaluation
-    from modeling_vit_custom.training.models import load_for_evaluation, num_classes_of
+    from modeling_vit_custom.training.models import load_for_evaluation, num_classes_of, split_for
 
     accelerator = Accelerator(mixed_precision=args.mixed_precision or ("bf16" if torch.cuda.is_available() else "no"))
     setup_logging(timestamps=True)
     with accelerator.main_process_first():
         splits = load_datasets(data_args, seed=args.seed, split="validation")
     model, settings = load_for_evaluation(model_args, args.checkpoint)
-    num_classes = num_classes_of(model)
-    if num_classes != len(splits.class_names):
-        raise ValueError(
-            f"The model predicts {num_classes} classes, the dataset has {len(splits.class_names)}: "
-            "evaluate on the dataset the model was trained for"
-        )
-    dataset = ImageClassificationDataset(splits.validation, EvalTransform(settings), data_args.max_bad_image_fraction)
+    validation = split_for(model, splits)
+    dataset = ImageClassificationDataset(validation, EvalTransform(settings), data_args.max_bad_image_fraction)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=args.per_device_eval_batch_size,
@@ -61,7 +57,9 @@ def main(argv: list[str] | None = None):
     )
     model, loader = accelerator.prepare(model, loader)
     start = time.perf_counter()
-    result = run_evaluation(model, loader, Normalize(settings), accelerator, num_classes)
+    result = run_evaluation(
+        model, loader, Normalize(settings), accelerator, num_classes_of(model), multi_label=splits.multi_label
+    )
     result["images_per_second"] = result["eval_samples"] / (time.perf_counter() - start)
     if accelerator.is_main_process:
         print(json.dumps(result, indent=2))

@@ -45,14 +45,19 @@ def main(argv: list[str] | None = None):
     from modeling_vit_custom.data.in_memory import check_in_memory_flags
     from modeling_vit_custom.data.loaders import build_dataloaders
     from modeling_vit_custom.data.sources import load_datasets
-    from modeling_vit_custom.data.transforms import Normalize, build_mixup, smooth_labels
+    from modeling_vit_custom.data.transforms import (
+        Normalize,
+        build_mixup,
+        check_multi_label_augmentation,
+        smooth_labels,
+    )
     from modeling_vit_custom.training.checkpoints import (
         read_training_state,
         resolve_checkpoint,
         resume_batches,
         save_checkpoint,
     )
-    from modeling_vit_custom.training.evaluation import ranks_in_sync, run_evaluation
+    from modeling_vit_custom.training.evaluation import main_metric, ranks_in_sync, run_evaluation
     from modeling_vit_custom.training.models import (
         build_model,
         classification_loss,
@@ -127,8 +132,12 @@ def main(argv: list[str] | None = None):
     # Data: the main process prepares it first (download, Fashion-MNIST conversion), then the others read the cache.
     with accelerator.main_process_first():
         splits = load_datasets(data_args, seed=args.seed)
-    num_classes = len(splits.class_names)
-    model, settings = build_model(model_args, splits.class_names)
+    num_classes, multi_label = len(splits.class_names), splits.multi_label
+    if multi_label:
+        check_multi_label_augmentation(aug_args)
+    # mAP chooses best/ in a multi-label run, top-1 otherwise.
+    best_metric = main_metric(multi_label)
+    model, settings = build_model(model_args, splits.class_names, multi_label=multi_label)
     train_loader, eval_loader, train_sampler = build_dataloaders(
         splits,
         settings,
@@ -265,7 +274,7 @@ def main(argv: list[str] | None = None):
         accelerator.end_training()
         return
 
-    global_step, start_epoch, skip_batches, best_top1, best_step = 0, 0, 0, -1.0, 0
+    global_step, start_epoch, skip_batches, best_score, best_step = 0, 0, 0, -1.0, 0
     if resume_from is not None:
         state = read_training_state(resume_from)
         if aug_args.repeated_augmentation > 1 and state["num_processes"] != accelerator.num_processes:
@@ -284,7 +293,8 @@ def main(argv: list[str] | None = None):
         # checkpoint's (another process count or accumulation gives another count for the same position).
         accelerator.step = skip_batches
         global_step, start_epoch = state["step"], state["epoch"]
-        best_top1, best_step = state["best_top1"], state["best_step"]
+        # best_top1: what checkpoints written before multi-label runs call it.
+        best_score, best_step = state.get("best_score", state.get("best_top1")), state["best_step"]
         if accelerator.is_main_process:
             truncate_metrics(output_dir / METRICS_FILE, global_step)
         if global_step >= max_train_steps and (output_dir / "final").is_dir():
@@ -324,27 +334,33 @@ def main(argv: list[str] | None = None):
     last_eval = {}
 
     def evaluate_and_keep_best(epoch: float) -> dict:
-        nonlocal best_top1, best_step
+        nonlocal best_score, best_step
         if last_eval.get("step") == global_step:  # the step's evaluation is also the epoch's
             return last_eval["result"]
         # As DeiT: the raw model is measured and chooses best/; the EMA model is measured beside it.
-        result = run_evaluation(model, eval_loader, eval_normalize, accelerator, num_classes, prepared=not streaming)
-        summary = f"top-1 {100 * result['eval_top1']:.2f}%, top-5 {100 * result['eval_top5']:.2f}%"
+        result = run_evaluation(
+            model, eval_loader, eval_normalize, accelerator, num_classes, not streaming, multi_label
+        )
+        if multi_label:
+            summary = f"mAP {100 * result['eval_map']:.2f}%, F1 {100 * result['eval_f1']:.2f}% at 0.5"
+        else:
+            summary = f"top-1 {100 * result['eval_top1']:.2f}%, top-5 {100 * result['eval_top5']:.2f}%"
         if ema is not None:
             ema_result = run_evaluation(
-                ema.module, eval_loader, eval_normalize, accelerator, num_classes, prepared=not streaming
+                ema.module, eval_loader, eval_normalize, accelerator, num_classes, not streaming, multi_label
             )
             result.update({key.replace("eval_", "eval_ema_"): value for key, value in ema_result.items()})
-            summary += f" (EMA: top-1 {100 * result['eval_ema_top1']:.2f}%)"
+            ema_metric = best_metric.replace("eval_", "eval_ema_")
+            summary += f" (EMA: {ema_metric} {100 * result[ema_metric]:.2f}%)"
         metrics.write(EVAL_EVENT, step=global_step, epoch=epoch, **result)
         accelerator.log(result, step=global_step)
         logger.info(
             f"step {global_step}: eval loss {result['eval_loss']:.4f}, {summary} on {result['eval_samples']} samples",
             main_process_only=True,
         )
-        if result["eval_top1"] > best_top1:
+        if result[best_metric] > best_score:
             check_finite()
-            best_top1, best_step = result["eval_top1"], global_step
+            best_score, best_step = result[best_metric], global_step
             save_model_folder(accelerator, model, settings, output_dir / "best")
         last_eval.update(step=global_step, result=result)
         return result
@@ -365,7 +381,7 @@ def main(argv: list[str] | None = None):
             "global_batch_size": global_batch_size,
             "num_processes": accelerator.num_processes,
             "max_train_steps": max_train_steps,
-            "best_top1": best_top1,
+            "best_score": best_score,
             "best_step": best_step,
         }
         path = save_checkpoint(accelerator, args.output_dir, global_step, state, args.checkpoints_total_limit)
@@ -419,7 +435,7 @@ def main(argv: list[str] | None = None):
             elif aug_args.label_smoothing > 0:
                 labels = smooth_labels(labels, num_classes, aug_args.label_smoothing)
             with accelerator.accumulate(model):
-                loss = classification_loss(logits_of(model, pixel_values), labels)
+                loss = classification_loss(logits_of(model, pixel_values), labels, multi_label)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -504,11 +520,15 @@ def main(argv: list[str] | None = None):
     runtime = time.perf_counter() - start_time
     metrics.write_summary(
         RunSummary(
-            best_eval_top1=best_top1,
+            best_eval_top1=None if multi_label else best_score,
+            best_eval_map=best_score if multi_label else None,
             best_step=best_step,
-            final_eval_top1=result["eval_top1"],
-            final_eval_top5=result["eval_top5"],
+            final_eval_top1=result.get("eval_top1"),
+            final_eval_top5=result.get("eval_top5"),
             final_eval_ema_top1=result.get("eval_ema_top1"),
+            final_eval_map=result.get("eval_map"),
+            final_eval_f1=result.get("eval_f1"),
+            final_eval_ema_map=result.get("eval_ema_map"),
             train_runtime_s=runtime,
             total_steps=global_step,
             ranks_in_sync=in_sync,
@@ -518,8 +538,8 @@ def main(argv: list[str] | None = None):
     if accelerator.is_main_process:
         plot_metrics(output_dir / METRICS_FILE, output_dir / CURVES_FILE)
         logger.info(
-            f"Done in {runtime / 60:.1f} min: final top-1 {100 * result['eval_top1']:.2f}%, "
-            f"best {100 * best_top1:.2f}%; model in {output_dir / 'final'}"
+            f"Done in {runtime / 60:.1f} min: final {best_metric} {100 * result[best_metric]:.2f}%, "
+            f"best {100 * best_score:.2f}%; model in {output_dir / 'final'}"
         )
         if args.push_to_hub:
             from modeling_vit_custom.interop.hub import push_run

@@ -31,10 +31,39 @@ def write_split(root: Path, per_class: list[int], seed: int):
             Image.fromarray(pixels).save(root / name / f"{i}.png")
 
 
+def write_multi_label_split(path: Path, count: int, seed: int):
+    """A parquet file whose `labels` column (Sequence(ClassLabel)) lists the colours of the squares in each image: each
+    of CLASSES is present with probability 1/2, as an 8x8 square in its own random quadrant of a dark 20x20 image."""
+    import datasets
+
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for _ in range(count):
+        pixels = rng.integers(0, 60, size=(20, 20, 3), dtype=np.uint8)
+        present = [c for c in range(len(CLASSES)) if rng.random() < 0.5]
+        for c, quadrant in zip(present, rng.permutation(4), strict=False):
+            top, left = 10 * (quadrant // 2) + 1, 10 * (quadrant % 2) + 1
+            pixels[top : top + 8, left : left + 8] = 0
+            pixels[top : top + 8, left : left + 8, c] = 230
+        images.append(Image.fromarray(pixels))
+        labels.append(present)
+    features = datasets.Features(
+        {"image": datasets.Image(), "labels": datasets.Sequence(datasets.ClassLabel(names=CLASSES))}
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_dict({"image": images, "labels": labels}, features=features).to_parquet(str(path))
+
+
 def train_command(
     data: tuple[Path, Path] | Path, output_dir: Path, *extra: str, processes: int = 1, fsdp: bool = False
 ) -> list[str]:
-    """The training command on (train folder, validation folder), or on a dataset saved with `save_to_disk`."""
+    """The training command on (train, validation) image folders or parquet files, or on a dataset saved with
+    `save_to_disk`."""
+    if isinstance(data, Path):
+        source = ("--dataset_path", str(data))
+    else:
+        kind = "file" if data[0].suffix == ".parquet" else "dir"
+        source = (f"--train_{kind}", str(data[0]), f"--validation_{kind}", str(data[1]))
     if fsdp:  # the shipped FSDP2 config on CPU processes, in fp32
         launch = [ACCELERATE, "launch", "--config_file", str(ROOT / "configs/accelerate/fsdp.yaml"), "--num_processes",
                   str(processes), "--mixed_precision", "no", "--main_process_port", "0"]  # fmt: skip
@@ -45,8 +74,7 @@ def train_command(
     return [
         *launch,
         str(ROOT / "scripts/train.py"),
-        *(("--dataset_path", str(data)) if isinstance(data, Path) else
-          ("--train_dir", str(data[0]), "--validation_dir", str(data[1]))),
+        *source,
         "--model_config_overrides", TINY,
         "--output_dir", str(output_dir),
         "--per_device_train_batch_size", "4",

@@ -9,15 +9,18 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from launch import CLASSES, environment, write_split
+from PIL import Image
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
-from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification
+from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification, ViTImageProcessor
 
 from modeling_vit_custom import ViTCustomForImageClassification
 from modeling_vit_custom.image_processing import PreprocessSettings
 from modeling_vit_custom.interop.timm_conversion import (
     build_timm_model,
     config_from_timm,
+    convert_hf_vit,
     convert_timm,
     from_hf_vit,
     from_timm,
@@ -245,3 +248,43 @@ def test_convert_script_runs_and_reports_errors(tmp_path):
     )
     assert failed.returncode == 1 and "checkpoint: expected a file" in failed.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_converted_transformers_vit_evaluates_exports_and_builds_its_hub_folder(tmp_path, seed):
+    """A `google/vit-*`-style folder keeps its ViTImageProcessor (size {"height", "width"}) through the conversion:
+    evaluate_model.py, export.py and push_to_hub.py read it, and the evaluation matches the source model's own."""
+    hf_config = ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=128, id2label=dict(enumerate(CLASSES)),
+                          label2id={name: i for i, name in enumerate(CLASSES)})  # fmt: skip
+    source = ViTForImageClassification(hf_config).eval()
+    source.save_pretrained(tmp_path / "hf")
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    processor.save_pretrained(tmp_path / "hf")
+    convert_hf_vit(tmp_path / "hf", tmp_path / "converted")
+    write_split(tmp_path / "val", [4, 4, 4], seed=1)
+    env = environment()
+
+    def script(name: str, *args: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, str(REPO / "scripts" / name), *args],
+                              env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    script("evaluate_model.py", "--model_name_or_path", str(tmp_path / "converted"), "--validation_dir",
+           str(tmp_path / "val"), "--num_workers", "0", "--output_json", str(tmp_path / "eval.json"))  # fmt: skip
+    result = json.loads((tmp_path / "eval.json").read_text())
+    # The source model through its own processor: square images resize to the same 32 x 32.
+    images = sorted((tmp_path / "val").rglob("*.png"))
+    labels = torch.tensor([source.config.label2id[path.parent.name] for path in images])
+    with torch.no_grad():
+        logits = source(**processor([Image.open(path) for path in images], return_tensors="pt")).logits
+    assert result["eval_samples"] == 12
+    assert result["eval_top1"] == pytest.approx((logits.argmax(-1) == labels).float().mean().item())
+    assert result["eval_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-3)
+
+    done = script("export.py", str(tmp_path / "converted"), "--format", "onnx", "--output", str(tmp_path / "m.onnx"))
+    assert "matches the eager model within 0.0001" in done.stderr and (tmp_path / "m.onnx").is_file()
+
+    script("push_to_hub.py", str(tmp_path / "converted"), "--output_dir", str(tmp_path / "hub"), "--model_name", "x")
+    card = (tmp_path / "hub" / "README.md").read_text()
+    assert "a `ViTImageProcessor`): resize to 32 x 32 (aspect ratio not kept)" in card

@@ -201,3 +201,27 @@ def test_streaming_run_counts_every_evaluation_sample(image_folders, tmp_path):
     (evaluation,) = events(out, "eval")
     assert evaluation["step"] == 6 and evaluation["eval_samples"] == 101
     assert len(events(out, "train")) == 6
+
+
+@pytest.mark.slow
+def test_timm_run_saves_class_names_and_evaluates_from_its_folder(image_folders, tmp_path):
+    """A `--model timm:<name>` run's final/ records the class names and evaluates through evaluate_model.py, as a
+    folder (timm's local-dir) and as `--model timm:<name> --checkpoint`, with the numbers the run logged."""
+    out = tmp_path / "run"
+    run(train_command(image_folders, out, "--model", "timm:vit_tiny_patch16_224", "--max_train_steps", "2",
+                      "--max_eval_samples", "16"))  # fmt: skip
+    config = json.loads((out / "final" / "config.json").read_text())
+    assert config["architecture"] == "vit_tiny_patch16_224"
+    assert config["pretrained_cfg"]["label_names"] == ["blue", "green", "red"]  # what timm's loader reads back
+    logged = events(out, "eval")[-1]
+    data = ["--validation_dir", str(image_folders[1]), "--max_eval_samples", "16", "--num_workers", "0"]
+    routes = {
+        "folder": ["--model_name_or_path", str(out / "final")],
+        "checkpoint": ["--model", "timm:vit_tiny_patch16_224", "--checkpoint", str(out / "final/model.safetensors")],
+    }
+    for name, model in routes.items():
+        json_path = tmp_path / f"{name}.json"
+        run([sys.executable, str(ROOT / "scripts/evaluate_model.py"), *model, *data, "--output_json", str(json_path)])
+        result = json.loads(json_path.read_text())
+        assert result["eval_samples"] == 16 and result["eval_top1"] == logged["eval_top1"], name
+        assert result["eval_loss"] == pytest.approx(logged["eval_loss"], rel=1e-5), name

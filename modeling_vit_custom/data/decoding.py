@@ -25,12 +25,40 @@ class TooManyBadImages(RuntimeError):
     """More than the allowed fraction of images could not be decoded."""
 
 
-def check_label(label: int, num_classes: int, where: str) -> None:
-    if not 0 <= label < num_classes:
-        raise ValueError(
-            f"{where}: expected labels in [0, {num_classes}), got {label} (an unlabelled split, such as ImageNet-1k's "
-            "test split, cannot be trained or evaluated on)"
-        )
+def is_multi_label(feature) -> bool:
+    """Whether a label column's feature is a list of class labels (`Sequence(ClassLabel(...))`): multi-label."""
+    return isinstance(feature, datasets.List) and isinstance(feature.feature, datasets.ClassLabel)
+
+
+def class_label_of(feature) -> datasets.ClassLabel:
+    """The ClassLabel of a label column, single-label or multi-label."""
+    return feature.feature if is_multi_label(feature) else feature
+
+
+def check_label(label: int | list[int], num_classes: int, where: str) -> None:
+    """A class index, or each of a multi-label sample's, in [0, num_classes)."""
+    for value in label if isinstance(label, list) else [label]:
+        if not 0 <= value < num_classes:
+            raise ValueError(
+                f"{where}: expected labels in [0, {num_classes}), got {value} (an unlabelled split, such as "
+                "ImageNet-1k's test split, cannot be trained or evaluated on)"
+            )
+
+
+class LabelTarget:
+    """A sample's label as the loss takes it: the class index of a single-label split, the multi-hot float vector
+    (num_classes,) of a multi-label one."""
+
+    def __init__(self, feature):
+        self.multi_label = is_multi_label(feature)
+        self.num_classes = class_label_of(feature).num_classes
+
+    def __call__(self, label: int | list[int]) -> int | torch.Tensor:
+        if not self.multi_label:
+            return label
+        target = torch.zeros(self.num_classes)
+        target[label] = 1.0
+        return target
 
 
 def check_bad_images(num_bad: int, num_seen: int, max_fraction: float) -> None:
@@ -97,14 +125,16 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     """
     Map-style dataset over a `datasets.Dataset` with "image" and "label" columns.
 
-    Item i -> {"pixel_values": (C, H, W) uint8 tensor, "labels": int, "replaced": int}. The image is decoded in the
-    DataLoader worker from its stored bytes; an undecodable image is replaced by the next good sample, logged once
-    with its index, and counted in "replaced", which `collate` sums so the count reaches the training loop.
+    Item i -> {"pixel_values": (C, H, W) uint8 tensor, "labels": int (a multi-label split: (num_classes,) multi-hot),
+    "replaced": int}. The image is decoded in the DataLoader worker from its stored bytes; an undecodable image is
+    replaced by the next good sample, logged once with its index, and counted in "replaced", which `collate` sums so
+    the count reaches the training loop.
     """
 
     def __init__(self, hf_dataset: datasets.Dataset, transform: Callable, max_bad_fraction: float = 0.01):
         self.dataset = undecoded(hf_dataset)
         self.transform = transform
+        self.target = LabelTarget(hf_dataset.features["label"])
         self.counter = _BadImageCounter(max_bad_fraction)
 
     def __len__(self) -> int:
@@ -150,7 +180,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
                 encoded, label = example["image"], example["label"]
                 continue
             self.counter.good()
-            return {"pixel_values": self.transform(image), "labels": label, "replaced": replaced}
+            return {"pixel_values": self.transform(image), "labels": self.target(label), "replaced": replaced}
 
 
 class StreamingImageClassificationDataset(torch.utils.data.IterableDataset):
@@ -159,8 +189,9 @@ class StreamingImageClassificationDataset(torch.utils.data.IterableDataset):
     processes: the shards are shuffled with the same seed everywhere, then split by `split_dataset_by_node`, and
     DataLoader workers split the process's shards again. `set_epoch(epoch)` reshuffles.
 
-    Yields {"pixel_values": (C, H, W) uint8 tensor, "labels": int, "replaced": int}; an undecodable image is skipped,
-    logged once with its position in this process's stream, and counted in the next sample's "replaced".
+    Yields {"pixel_values": (C, H, W) uint8 tensor, "labels": int or multi-hot (num_classes,), "replaced": int}; an
+    undecodable image is skipped, logged once with its position in this process's stream, and counted in the next
+    sample's "replaced".
     """
 
     def __init__(
@@ -189,7 +220,7 @@ class StreamingImageClassificationDataset(torch.utils.data.IterableDataset):
             )
         self.dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
         self.world_size = world_size
-        self.num_classes = hf_iterable.features["label"].num_classes
+        self.target = LabelTarget(hf_iterable.features["label"])
         self.transform = transform
         self.counter = _BadImageCounter(max_bad_fraction)
 
@@ -217,7 +248,7 @@ class StreamingImageClassificationDataset(torch.utils.data.IterableDataset):
             self.check_workers(worker.num_workers)
         replaced = 0
         for position, example in enumerate(self.dataset):
-            check_label(example["label"], self.num_classes, f"stream position {position}")
+            check_label(example["label"], self.target.num_classes, f"stream position {position}")
             try:
                 image = decode_image(example["image"], self.transform)
             except IMAGE_ERRORS as e:
@@ -230,16 +261,19 @@ class StreamingImageClassificationDataset(torch.utils.data.IterableDataset):
                     raise TooManyBadImages(f"{replaced} consecutive images could not be decoded") from e
                 continue
             self.counter.good()
-            yield {"pixel_values": self.transform(image), "labels": example["label"], "replaced": replaced}
+            target = self.target(example["label"])
+            yield {"pixel_values": self.transform(image), "labels": target, "replaced": replaced}
             replaced = 0
         if replaced:
             logger.warning("%d undecodable images at the end of the stream are not counted in any batch", replaced)
 
 
 def collate(batch: list[dict]) -> dict:
-    """Items -> {"pixel_values": (B, C, H, W), "labels": (B,) int64, "replaced": int (replaced in the batch)}."""
+    """Items -> {"pixel_values": (B, C, H, W), "labels": (B,) int64 class indices or (B, num_classes) multi-hot
+    float32, "replaced": int (replaced in the batch)}."""
+    labels = [item["labels"] for item in batch]
     return {
         "pixel_values": torch.stack([item["pixel_values"] for item in batch]),
-        "labels": torch.tensor([item["labels"] for item in batch], dtype=torch.long),
+        "labels": torch.stack(labels) if torch.is_tensor(labels[0]) else torch.tensor(labels, dtype=torch.long),
         "replaced": sum(item["replaced"] for item in batch),
     }

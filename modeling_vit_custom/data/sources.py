@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
 from .arguments import DataArguments
-from .decoding import check_label
+from .decoding import check_label, class_label_of, is_multi_label
 from .fashion_mnist import FASHION_MNIST_ALIASES, FASHION_MNIST_HUB_NAME, FASHION_MNIST_IDX_DIR, fashion_mnist_parquet
 
 logger = logging.getLogger(__name__)
@@ -23,8 +23,8 @@ LABEL_COLUMN_CANDIDATES = ("label", "labels")
 
 @dataclass
 class DatasetSplits:
-    """Train and validation splits with columns "image" (datasets.Image) and "label" (ClassLabel), and the classes.
-    `train` is None when only the validation split was asked for."""
+    """Train and validation splits with columns "image" (datasets.Image) and "label" (ClassLabel, or a list of them
+    in a multi-label split), and the classes. `train` is None when only the validation split was asked for."""
 
     train: datasets.Dataset | datasets.IterableDataset | None
     validation: datasets.Dataset | datasets.IterableDataset
@@ -33,6 +33,11 @@ class DatasetSplits:
     train_size: int | None = None
     # The source's split evaluated on, or None for a stratified part held out of train (val_split_fraction).
     validation_split: str | None = None
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether each image has a list of classes (`Sequence(ClassLabel)` labels) rather than one."""
+        return is_multi_label(self.validation.features["label"])
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -203,11 +208,12 @@ def _standardize(ds, args: DataArguments, split: str):
         ds = ds.rename_column(image_column, "image")
     if label_column != "label":
         ds = ds.rename_column(label_column, "label")
-    if not isinstance(ds.features["label"], datasets.ClassLabel):
+    if not isinstance(ds.features["label"], datasets.ClassLabel) and not is_multi_label(ds.features["label"]):
         if isinstance(ds, datasets.IterableDataset):
             raise ValueError(
-                f"column {label_column!r} of split {split!r}: expected a ClassLabel feature when streaming (the class "
-                f"names cannot be collected without reading everything), got {ds.features['label']}"
+                f"column {label_column!r} of split {split!r}: expected a ClassLabel feature (or a Sequence of them, "
+                "multi-label) when streaming (the class names cannot be collected without reading everything), got "
+                f"{ds.features['label']}"
             )
         ds = ds.class_encode_column("label")
     return _checked_labels(ds, split)
@@ -217,10 +223,36 @@ def _checked_labels(ds, split: str):
     """Refuses labels outside [0, num_classes) (ImageNet-1k's `test` split is all -1) at once, from the labels'
     column. A stream's labels cannot be read ahead: `StreamingImageClassificationDataset` checks each as it comes."""
     if isinstance(ds, datasets.Dataset) and len(ds):
-        low, high = pc.min_max(ds.data.column("label")).values()
+        feature = ds.features["label"]
+        labels = ds.data.column("label")
+        low, high = pc.min_max(pc.list_flatten(labels) if is_multi_label(feature) else labels).values()
         for label in (low.as_py(), high.as_py()):
-            check_label(label, ds.features["label"].num_classes, f"split {split!r}")
+            if label is not None:  # None: a multi-label split whose images all have no class
+                check_label(label, class_label_of(feature).num_classes, f"split {split!r}")
     return ds
+
+
+def align_classes(ds: datasets.Dataset, class_names: list[str] | None, where: str) -> datasets.Dataset:
+    """`ds` with its label ids renumbered to `class_names` (a model's, in the model's order): the same names in another
+    order are remapped (datasets' `align_labels_with_mapping`, which compares them lowercased), other names are
+    refused. None or transformers' placeholder names (LABEL_0, ...) say nothing of the classes: `ds` as it is."""
+    if class_names is None or class_names == [f"LABEL_{i}" for i in range(len(class_names))]:
+        return ds
+    feature = ds.features["label"]
+    own = list((feature.feature if is_multi_label(feature) else feature).names)
+    if own == class_names:
+        return ds
+    if sorted(name.lower() for name in own) != sorted(name.lower() for name in class_names):
+        raise ValueError(
+            f"{where}: expected the model's classes {class_names[:10]}, got {own[:10]} (evaluate on the classes the "
+            "model was trained for)"
+        )
+    if is_multi_label(feature):
+        raise ValueError(
+            f"{where}: expected the model's class order {class_names[:10]}, got {own[:10]}: the label lists of a "
+            "multi-label split are not renumbered; write the split with the model's class order"
+        )
+    return ds.align_labels_with_mapping({name: i for i, name in enumerate(class_names)}, "label")
 
 
 def _take(ds, n: int | None):
@@ -272,14 +304,19 @@ def load_datasets(args: DataArguments, seed: int = 0, split: str | None = None) 
             "val_split_fraction: cannot carve a stratified split from a streaming dataset; pass a validation source"
         )
     else:
-        carved = train.train_test_split(test_size=args.val_split_fraction, stratify_by_column="label", seed=seed)
+        # Stratified by class for one label per image; a multi-label split is carved at random.
+        stratify = None if is_multi_label(train.features["label"]) else "label"
+        carved = train.train_test_split(test_size=args.val_split_fraction, stratify_by_column=stratify, seed=seed)
         # train_test_split leaves an indices mapping; flattening once keeps random access contiguous in training.
         train, validation = carved["train"].flatten_indices(), carved["test"].flatten_indices()
-    class_names = list(validation.features["label"].names)
-    if train is not None and train.features["label"].names != class_names:
+    class_names = list(class_label_of(validation.features["label"]).names)
+    if train is not None and (
+        class_label_of(train.features["label"]).names != class_names
+        or is_multi_label(train.features["label"]) != is_multi_label(validation.features["label"])
+    ):
         raise ValueError(
-            f"validation labels: expected the train classes {train.features['label'].names[:10]}..., got "
-            f"{class_names[:10]}... (the same class names in the same order)"
+            f"validation labels: expected the train labels' type and classes ({train.features['label']}), got "
+            f"{validation.features['label']} (the same class names in the same order)"
         )
     train_size = None if train is None else _num_examples(train, args.train_split)
     if train_size is not None and args.max_train_samples is not None:

@@ -215,3 +215,14 @@ def build_mixup(aug: AugmentArguments, num_classes: int) -> Mixup | None:
 def smooth_labels(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
     """Class indices (B,) -> smoothed one-hot targets (B, num_classes), as timm's Mixup computes them."""
     return mixup_target(labels, num_classes, lam=1.0, smoothing=smoothing)
+
+
+def check_multi_label_augmentation(aug: AugmentArguments) -> None:
+    """Mixup, cutmix and label smoothing are refused for multi-hot targets: timm's Mixup and smoothing build soft
+    single-label targets from class indices, which a multi-label sample does not have."""
+    used = [f"--{name} {getattr(aug, name)}" for name in ("mixup", "cutmix", "label_smoothing") if getattr(aug, name)]
+    if used:
+        raise ValueError(
+            f"{', '.join(used)}: expected 0 for a multi-label dataset (its labels are lists of classes, trained with "
+            "binary cross-entropy on multi-hot targets, which mixup, cutmix and label smoothing do not make)"
+        )

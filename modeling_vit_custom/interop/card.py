@@ -83,6 +83,7 @@ def card_context(
     parameters = count_parameters(folder)
     num_labels = len(config.get("id2label") or {}) or config.get("num_labels", 0)
     labels = [config["id2label"][key] for key in sorted(config.get("id2label", {}), key=int)]
+    preprocess = read_json(folder / "preprocessor_config.json")
     origin = "trained" if run is not None else "converted" if conversion is not None else "unknown"
     context = {
         "model_name": name,
@@ -92,7 +93,8 @@ def card_context(
         "architecture": _architecture(config, parameters, num_labels),
         "image_size": config["image_size"],
         "num_labels": num_labels,
-        "preprocessing": _preprocessing(read_json(folder / "preprocessor_config.json")),
+        "preprocessing": _preprocessing(preprocess),
+        "image_processor_type": preprocess["image_processor_type"],
         "preprocessing_recorded": preprocessing_recorded,
         "labels": ", ".join(f"`{label}`" for label in labels[:20]) + (", ..." if len(labels) > 20 else ""),
         "has_attention_map": has_attention_map,
@@ -151,11 +153,17 @@ def _architecture(config: dict, parameters: int, num_labels: int) -> list[tuple]
 
 
 def _preprocessing(preprocess: dict) -> str:
-    return (
-        f"resize the short side to {preprocess['size']['shortest_edge']} / crop_pct "
-        f"({preprocess.get('crop_pct')}), center-crop {preprocess['size']['shortest_edge']}, "
-        f"normalise with mean {preprocess.get('image_mean')} and std {preprocess.get('image_std')}"
-    )
+    """What the saved image processor does: ours (short side, crop_pct, center crop) or transformers' ViT one (straight
+    to height x width)."""
+    size = preprocess["size"]
+    if "shortest_edge" in size:
+        resize = (
+            f"resize the short side to {size['shortest_edge']} / crop_pct ({preprocess.get('crop_pct')}), "
+            f"center-crop {size['shortest_edge']}"
+        )
+    else:
+        resize = f"resize to {size['height']} x {size['width']} (aspect ratio not kept)"
+    return f"{resize}, normalise with mean {preprocess.get('image_mean')} and std {preprocess.get('image_std')}"
 
 
 def _run_context(

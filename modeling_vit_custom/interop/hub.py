@@ -210,7 +210,10 @@ def verify_folder(folder: str | os.PathLike, source_model_dir: str | os.PathLike
     pooled_diff = (outputs["pooled"] - outputs["pooled_in_classifier"]).abs().max().item()
     if not pooled_diff <= atol:
         problems.append(f"expected AutoModel to match the classifier's backbone, got difference {pooled_diff:.3g}")
-    probabilities = outputs["image_logits"][0].softmax(-1)
+    # pipeline's own choice: independent sigmoid scores for a multi-label model, a softmax otherwise.
+    logits = outputs["image_logits"][0]
+    multi_label = config.problem_type == "multi_label_classification"
+    probabilities = logits.sigmoid() if multi_label else logits.softmax(-1)
     top = int(probabilities.argmax())
     predicted = report["predictions"][0] if report["predictions"] else {}
     if predicted.get("label") != report["id2label"][str(top)] or abs(predicted["score"] - probabilities[top]) > 1e-4:

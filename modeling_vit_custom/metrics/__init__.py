@@ -3,3 +3,4 @@
 from pathlib import Path
 
 TOP_K_ACCURACY = str(Path(__file__).with_name("top_k_accuracy.py"))
+MULTI_LABEL = str(Path(__file__).with_name("multi_label.py"))

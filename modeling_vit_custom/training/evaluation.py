@@ -3,26 +3,38 @@
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from ..metrics import TOP_K_ACCURACY
+from ..metrics import MULTI_LABEL, TOP_K_ACCURACY
 from .models import logits_of
+
+
+def main_metric(multi_label: bool) -> str:
+    """The evaluation value that chooses best/: mAP for a multi-label run, top-1 otherwise."""
+    return "eval_map" if multi_label else "eval_top1"
 
 
 @torch.no_grad()
 def run_evaluation(
-    model: nn.Module, loader, normalize: Callable, accelerator, num_classes: int, prepared: bool = True
+    model: nn.Module,
+    loader,
+    normalize: Callable,
+    accelerator,
+    num_classes: int,
+    prepared: bool = True,
+    multi_label: bool = False,
 ) -> dict:
-    """Loss, top-1 and top-5 over the whole split on any number of processes, counting each sample once; `normalize`
-    turns the loader's uint8 batches into the model's input.
+    """Loss, top-1 and top-5 (multi-label: binary cross-entropy, mAP and F1 at 0.5) over the whole split on any number
+    of processes, counting each sample once; `normalize` turns the loader's uint8 batches into the model's input.
 
     A prepared loader gives every process the same number of batches: each batch is gathered as it comes. A stream's
     shards are disjoint and uneven, so a process may have fewer batches than another: its results are kept and
     gathered once, at the end, which every process reaches."""
     import evaluate
 
-    metric = evaluate.load(TOP_K_ACCURACY, keep_in_memory=True)
+    metric = evaluate.load(MULTI_LABEL if multi_label else TOP_K_ACCURACY, keep_in_memory=True)
     was_training = model.training
     model.eval()
     num_ranked = min(5, num_classes)
@@ -33,38 +45,44 @@ def run_evaluation(
         labels = batch["labels"].to(accelerator.device, non_blocking=True)
         with accelerator.autocast():
             logits = logits_of(model, pixel_values).float()
-        losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-        ranked = logits.topk(num_ranked, dim=-1).indices  # (B, k): only the ranking travels between processes
+        if multi_label:
+            losses = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(-1)
+            predictions = logits.sigmoid()  # (B, num_classes): the scores rank each class
+        else:
+            losses = F.cross_entropy(logits, labels, reduction="none")
+            predictions = logits.topk(num_ranked, dim=-1).indices  # (B, k): only the ranking travels
         if prepared:
             # Drops the samples the prepared loader repeated to give every process equal batches.
-            ranked, labels, losses = accelerator.gather_for_metrics((ranked, labels, losses))
-            metric.add_batch(predictions=ranked.cpu().numpy(), references=labels.cpu().numpy())
+            predictions, labels, losses = accelerator.gather_for_metrics((predictions, labels, losses))
+            metric.add_batch(predictions=predictions.cpu().numpy(), references=labels.long().cpu().numpy())
             total_loss += losses.double().sum()
         else:
-            kept.append((ranked, labels, losses))
+            kept.append((predictions, labels, losses))
     if not prepared:
         device = accelerator.device
-        ranked, labels, losses = (
+        predictions, labels, losses = (
             (torch.cat(parts) for parts in zip(*kept, strict=True))
             if kept
-            else (torch.empty(0, num_ranked, dtype=torch.long, device=device),
-                  torch.empty(0, dtype=torch.long, device=device), torch.empty(0, device=device))
+            else (torch.empty(0, num_classes if multi_label else num_ranked, device=device),
+                  torch.empty(0, num_classes, device=device) if multi_label
+                  else torch.empty(0, dtype=torch.long, device=device),
+                  torch.empty(0, device=device))
         )  # fmt: skip
         # Pad every process's results to the longest, gather, drop the padding (label -1).
-        padded = [accelerator.pad_across_processes(t, dim=0, pad_index=-1) for t in (ranked, labels, losses)]
-        ranked, labels, losses = accelerator.gather(padded)
-        keep = labels >= 0
-        metric.add_batch(predictions=ranked[keep].cpu().numpy(), references=labels[keep].cpu().numpy())
+        padded = [accelerator.pad_across_processes(t, dim=0, pad_index=-1) for t in (predictions, labels, losses)]
+        predictions, labels, losses = accelerator.gather(padded)
+        keep = labels.reshape(len(labels), -1)[:, 0] >= 0
+        metric.add_batch(predictions=predictions[keep].cpu().numpy(), references=labels[keep].long().cpu().numpy())
         total_loss += losses[keep].double().sum()
-    result = metric.compute(k=[1, num_ranked])
-    samples = result["samples"]
     model.train(was_training)
-    return {
-        "eval_loss": float(total_loss) / max(samples, 1),
-        "eval_top1": result["top1"],
-        "eval_top5": result[f"top{num_ranked}"],
-        "eval_samples": samples,
-    }
+    if multi_label:
+        result = metric.compute()
+        values = {"eval_map": result["map"], "eval_f1": result["f1"], "eval_f1_macro": result["f1_macro"]}
+    else:
+        result = metric.compute(k=[1, num_ranked])
+        values = {"eval_top1": result["top1"], "eval_top5": result[f"top{num_ranked}"]}
+    samples = result["samples"]
+    return {"eval_loss": float(total_loss) / max(samples, 1), **values, "eval_samples": samples}
 
 
 def ranks_in_sync(model: nn.Module, accelerator) -> bool:

@@ -10,7 +10,7 @@ from torch.distributed.fsdp import FSDPModule
 from transformers import get_scheduler
 
 from .. import ViTCustomConfig, ViTCustomForImageClassification
-from ..files import replacing
+from ..files import read_json, replacing
 from ..image_processing import PreprocessSettings
 from .arguments import ModelArguments, TrainingArguments, parse_config_overrides
 from .pretrained import load_pretrained
@@ -26,23 +26,42 @@ def num_classes_of(model: nn.Module) -> int:
     return model.config.num_labels if hasattr(model, "config") else model.num_classes
 
 
-def build_model(args: ModelArguments, class_names: list[str]) -> tuple[nn.Module, PreprocessSettings]:
+def class_names_of(model: nn.Module) -> list[str] | None:
+    """The class names in the model's order: our config's id2label, or the label_names timm keeps in its pretrained
+    config (None when it has none)."""
+    if hasattr(model, "config"):
+        return [model.config.id2label[i] for i in range(model.config.num_labels)]
+    names = model.pretrained_cfg.get("label_names")
+    return list(names) if isinstance(names, (list, tuple)) else None
+
+
+def build_model(
+    args: ModelArguments, class_names: list[str], multi_label: bool = False
+) -> tuple[nn.Module, PreprocessSettings]:
     """Our model (from overrides, or a saved folder with `pretrained.load_pretrained`) or `timm:<name>`, with the
-    preprocessing it expects."""
+    preprocessing it expects. Ours records the class names in id2label and, for a multi-label dataset, problem_type
+    "multi_label_classification" (which also makes `pipeline` give sigmoid scores); timm's records the class names as
+    its label_names, which `save_for_hf` writes into its config.json."""
+    problem_type = "multi_label_classification" if multi_label else None
     overrides = parse_config_overrides(args.model_config_overrides)
     if args.model.startswith("timm:"):
         import timm
 
-        model = timm.create_model(args.model.removeprefix("timm:"), pretrained=False, num_classes=len(class_names))
+        model = timm.create_model(
+            args.model.removeprefix("timm:"),
+            pretrained=False,
+            num_classes=len(class_names),
+            pretrained_cfg_overlay={"label_names": list(class_names), "num_classes": len(class_names)},
+        )
         return model, PreprocessSettings.from_timm(model)
     if args.model != "vit_custom":
         raise ValueError(f"--model: expected 'vit_custom' or 'timm:<name>', got {args.model!r}")
     if args.model_name_or_path:
-        model = load_pretrained(args.model_name_or_path, overrides, class_names)
+        model = load_pretrained(args.model_name_or_path, {**overrides, "problem_type": problem_type}, class_names)
     else:
         id2label = dict(enumerate(class_names))
         label2id = {name: i for i, name in id2label.items()}
-        config = ViTCustomConfig(id2label=id2label, label2id=label2id, **overrides)
+        config = ViTCustomConfig(id2label=id2label, label2id=label2id, problem_type=problem_type, **overrides)
         model = ViTCustomForImageClassification(config)
     settings = args.preprocess_settings(model.config.image_size)
     if len(settings.mean) != model.config.num_channels:
@@ -53,18 +72,35 @@ def build_model(args: ModelArguments, class_names: list[str]) -> tuple[nn.Module
     return model, settings
 
 
-def load_for_evaluation(args: ModelArguments, checkpoint: str | None) -> tuple[nn.Module, PreprocessSettings]:
-    """A saved (or converted) model folder with its own preprocessing, or `timm:<name>` with timm's, optionally with
-    weights from a checkpoint file."""
-    if args.model.startswith("timm:"):
-        import timm
+def is_timm_folder(path: str) -> bool:
+    """Whether `path` is a folder that timm's `save_for_hf` wrote (a `--model timm:<name>` run's best/ or final/):
+    its config.json names a timm `architecture` and no transformers `model_type`."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
+    fields = read_json(config)
+    return "architecture" in fields and "model_type" not in fields
 
-        model = timm.create_model(args.model.removeprefix("timm:"), pretrained=False, checkpoint_path=checkpoint or "")
+
+def load_for_evaluation(args: ModelArguments, checkpoint: str | None) -> tuple[nn.Module, PreprocessSettings]:
+    """A saved (or converted) model folder with its own preprocessing: ours, or a `--model timm:<name>` run's; or
+    `timm:<name>` with timm's, optionally with weights from a checkpoint file (class count from its head)."""
+    if args.model.startswith("timm:"):
+        from ..interop.timm_conversion import build_timm_model
+
+        model = build_timm_model(args.model.removeprefix("timm:"), checkpoint=checkpoint)
         return model, PreprocessSettings.from_timm(model)
     if not args.model_name_or_path:
         raise ValueError("--model_name_or_path: a saved model folder is needed (or --model timm:<name>)")
     from transformers import AutoImageProcessor
 
+    if is_timm_folder(args.model_name_or_path):
+        import timm
+
+        # Its config.json holds the data config the run trained with (transformers would read the folder's
+        # preprocessor_config.json through its timm wrapper, which keeps no resample).
+        model = timm.create_model(f"local-dir:{args.model_name_or_path}", pretrained=True)
+        return model, PreprocessSettings.from_timm(model)
     model = ViTCustomForImageClassification.from_pretrained(args.model_name_or_path)
     try:
         settings = PreprocessSettings.from_image_processor(AutoImageProcessor.from_pretrained(args.model_name_or_path))
@@ -73,9 +109,32 @@ def load_for_evaluation(args: ModelArguments, checkpoint: str | None) -> tuple[n
     return model, settings
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The same loss for both models: cross-entropy on class indices or on soft targets (mixup, smoothing)."""
-    return ViTCustomForImageClassification.compute_loss(logits, labels)
+def split_for(model: nn.Module, splits):
+    """The validation split of `splits` (a DatasetSplits) as `model` numbers its classes, after checking that the model
+    was trained for it: the same class count, the same kind of labels (a model whose config says multi-label on a
+    multi-label split, and only there), the same class names (remapped when only their order differs)."""
+    from ..data.sources import align_classes
+
+    num_classes = num_classes_of(model)
+    if num_classes != len(splits.class_names):
+        raise ValueError(
+            f"The model predicts {num_classes} classes, the dataset has {len(splits.class_names)}: "
+            "evaluate on the dataset the model was trained for"
+        )
+    if hasattr(model, "config") and (model.config.problem_type == "multi_label_classification") != splits.multi_label:
+        raise ValueError(
+            f"The model's problem_type is {model.config.problem_type!r}, the dataset's labels are "
+            f"{'lists of classes (multi-label)' if splits.multi_label else 'one class per image'}: evaluate on the "
+            "kind of dataset the model was trained for"
+        )
+    return align_classes(splits.validation, class_names_of(model), "the evaluated split")
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool = False) -> torch.Tensor:
+    """The same loss for both models: cross-entropy on class indices or on soft targets (mixup, smoothing); binary
+    cross-entropy with logits on multi-hot targets for a multi-label run."""
+    problem_type = "multi_label_classification" if multi_label else None
+    return ViTCustomForImageClassification.compute_loss(logits, labels, problem_type)
 
 
 def layer_depth(name: str, num_layers: int) -> int:

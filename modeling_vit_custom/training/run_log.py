@@ -20,13 +20,17 @@ RUN_ENTRIES = (METRICS_FILE, RUN_CONFIG_FILE, CURVES_FILE, "checkpoints", "best"
 
 @dataclass
 class RunSummary:
-    """The last event of a finished run."""
+    """The last event of a finished run: top-1 / top-5 for a single-label run, mAP / F1 for a multi-label one."""
 
     best_eval_top1: float | None = None
     best_step: int | None = None
     final_eval_top1: float | None = None
     final_eval_top5: float | None = None
     final_eval_ema_top1: float | None = None
+    best_eval_map: float | None = None
+    final_eval_map: float | None = None
+    final_eval_f1: float | None = None
+    final_eval_ema_map: float | None = None
     train_runtime_s: float | None = None
     total_steps: int | None = None
     ranks_in_sync: bool | None = None
@@ -137,14 +141,13 @@ def plot_metrics(metrics_path: Path, output_path: Path):
     axes[0].plot([e["step"] for e in train], [e["loss"] for e in train], label="train")
     axes[0].plot([e["step"] for e in evals], [e["eval_loss"] for e in evals], "o-", label="eval")
     axes[0].set(title="loss", xlabel="step")
-    axes[1].plot([e["step"] for e in evals], [100 * e["eval_top1"] for e in evals], "o-", label="top-1")
-    axes[1].plot([e["step"] for e in evals], [100 * e["eval_top5"] for e in evals], "o-", label="top-5")
-    ema_evals = [e for e in evals if "eval_ema_top1" in e]
-    if ema_evals:
-        axes[1].plot(
-            [e["step"] for e in ema_evals], [100 * e["eval_ema_top1"] for e in ema_evals], "s--", label="EMA top-1"
-        )
-    axes[1].set(title="eval accuracy (%)", xlabel="step")
+    curves = [("eval_top1", "o-", "top-1"), ("eval_top5", "o-", "top-5"), ("eval_ema_top1", "s--", "EMA top-1")]
+    curves += [("eval_map", "o-", "mAP"), ("eval_f1", "o-", "F1 at 0.5"), ("eval_ema_map", "s--", "EMA mAP")]
+    for key, style, label in curves:
+        logged = [e for e in evals if key in e]
+        if logged:
+            axes[1].plot([e["step"] for e in logged], [100 * e[key] for e in logged], style, label=label)
+    axes[1].set(title="eval (%)", xlabel="step")
     axes[2].plot([e["step"] for e in train], [e["lr"] for e in train])
     axes[2].set(title="learning rate", xlabel="step")
     for ax in axes[:2]:

@@ -94,22 +94,23 @@ def decode_all(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every image of a split decoded once, as the worker path decodes it (`EvalTransform`: the short side resized to
     image_size / crop_pct, the center crop kept; undecodable images replaced by the next good one, counted and
-    checked against `max_bad_fraction`) -> (N, C, S, S) uint8 images and (N,) int64 labels on `device`."""
+    checked against `max_bad_fraction`) -> (N, C, S, S) uint8 images and the labels as `collate` gives them ((N,)
+    class indices, or (N, num_classes) multi-hot) on `device`."""
     dataset = ImageClassificationDataset(hf_split, EvalTransform(settings), max_bad_fraction)
     loader = torch.utils.data.DataLoader(dataset, batch_size=256, num_workers=num_workers, collate_fn=collate)
     images = torch.empty(
         len(dataset), settings.num_channels, settings.image_size, settings.image_size, dtype=torch.uint8
     )
-    labels = torch.empty(len(dataset), dtype=torch.long)
-    start, replaced = 0, 0
+    labels, start, replaced = [], 0, 0
     for batch in loader:
         end = start + len(batch["labels"])
-        images[start:end], labels[start:end] = batch["pixel_values"], batch["labels"]
+        images[start:end] = batch["pixel_values"]
+        labels.append(batch["labels"])
         replaced, start = replaced + batch["replaced"], end
     if replaced:
         logger.warning("Replaced %d undecodable images of %d", replaced, len(dataset))
     check_bad_images(replaced, len(dataset), max_bad_fraction)
-    return images.to(device), labels.to(device)
+    return images.to(device), torch.cat(labels).to(device)
 
 
 class DecodedImages(torch.utils.data.Dataset):

@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None):
         local_parameter_count,
         shard_like_model,
     )
+    from modeling_vit_custom.training.timing import PhaseTimer
 
     logger = get_logger(__name__)
     # Everything that can be refused is refused here, before any data is read or a process group is formed.
@@ -408,8 +409,9 @@ def main(argv: list[str] | None = None):
     progress = tqdm(
         total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process, unit="step"
     )
-    bad_images, seen_images, result = 0, 0, None
+    bad_images, seen_images, trained_images, result = 0, 0, 0, None
     log_start, log_images, start_time = time.perf_counter(), 0, time.perf_counter()
+    timer = PhaseTimer(accelerator.device, args.synchronize_timing)
     model.train()
     for epoch in range(start_epoch, num_epochs):
         if global_step >= max_train_steps:  # resumed at the last step
@@ -423,36 +425,41 @@ def main(argv: list[str] | None = None):
             loader = itertools.islice(loader, num_batches - skip_batches)
         batches_in_epoch, skip_batches = skip_batches, 0
         micro_losses = []
-        for batch in loader:
-            if streaming:
-                batch = {
-                    k: v.to(accelerator.device, non_blocking=True) if torch.is_tensor(v) else v
-                    for k, v in batch.items()
-                }
-            pixel_values, labels = train_normalize(batch["pixel_values"]), batch["labels"]
-            if mixup is not None:
-                pixel_values, labels = mixup(pixel_values, labels)
-            elif aug_args.label_smoothing > 0:
-                labels = smooth_labels(labels, num_classes, aug_args.label_smoothing)
+        for batch in timer.iterate(loader):
+            with timer("augment"):
+                if streaming:
+                    batch = {
+                        k: v.to(accelerator.device, non_blocking=True) if torch.is_tensor(v) else v
+                        for k, v in batch.items()
+                    }
+                pixel_values, labels = train_normalize(batch["pixel_values"]), batch["labels"]
+                if mixup is not None:
+                    pixel_values, labels = mixup(pixel_values, labels)
+                elif aug_args.label_smoothing > 0:
+                    labels = smooth_labels(labels, num_classes, aug_args.label_smoothing)
             with accelerator.accumulate(model):
-                loss = classification_loss(logits_of(model, pixel_values), labels, multi_label)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                with timer("forward_backward"):
+                    loss = classification_loss(logits_of(model, pixel_values), labels, multi_label)
+                    accelerator.backward(loss)
+                with timer("optimizer"):
+                    if accelerator.sync_gradients and args.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
             micro_losses.append(loss.detach())
             batches_in_epoch += 1
             bad_images += int(batch["replaced"])
             seen_images += len(pixel_values)
             log_images += len(pixel_values) * accelerator.num_processes
+            trained_images += len(pixel_values) * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
 
-            if not accelerator.optimizer_step_was_skipped:
-                scheduler.step()
-            if ema is not None:
-                ema.update(accelerator.unwrap_model(model), step=global_step)
+            with timer("optimizer"):
+                if not accelerator.optimizer_step_was_skipped:
+                    scheduler.step()
+                if ema is not None:
+                    ema.update(accelerator.unwrap_model(model), step=global_step)
             global_step += 1
             step_loss = torch.stack(micro_losses).mean()
             step_losses.append(step_loss)
@@ -463,26 +470,34 @@ def main(argv: list[str] | None = None):
             at_log = global_step % args.logging_steps == 0 or global_step == max_train_steps
             at_eval = bool(args.eval_steps) and global_step % args.eval_steps == 0
             at_checkpoint = bool(args.checkpointing_steps) and global_step % args.checkpointing_steps == 0
-            if at_log or at_eval or at_checkpoint:
-                check_finite()
-            if at_log:
-                loss_value = accelerator.reduce(torch.stack(step_losses).mean(), "mean").item()
-                elapsed = time.perf_counter() - log_start
-                images_per_second = log_images / elapsed
-                values = {"loss": loss_value, "lr": scheduler.get_last_lr()[0], "images_per_second": images_per_second}
-                if device_peak:
-                    values["mfu"] = 3 * flops_per_image * images_per_second / (device_peak * accelerator.num_processes)
-                metrics.write(TRAIN_EVENT, step=global_step, epoch=global_step / epoch_steps, **values)
-                accelerator.log(values, step=global_step)
-                progress.set_postfix(
-                    loss=f"{loss_value:.4f}", lr=f"{values['lr']:.2e}", img_s=f"{images_per_second:.0f}"
-                )
-                step_losses, log_start, log_images = [], time.perf_counter(), 0
+            with timer("logging"):
+                if at_log or at_eval or at_checkpoint:
+                    check_finite()
+                if at_log:
+                    loss_value = accelerator.reduce(torch.stack(step_losses).mean(), "mean").item()
+                    images_per_second = log_images / (time.perf_counter() - log_start)
+                    values = {
+                        "loss": loss_value,
+                        "lr": scheduler.get_last_lr()[0],
+                        "images_per_second": images_per_second,
+                    }
+                    if device_peak:
+                        values["mfu"] = (
+                            3 * flops_per_image * images_per_second / (device_peak * accelerator.num_processes)
+                        )
+                    metrics.write(TRAIN_EVENT, step=global_step, epoch=global_step / epoch_steps, **values)
+                    accelerator.log(values, step=global_step)
+                    progress.set_postfix(
+                        loss=f"{loss_value:.4f}", lr=f"{values['lr']:.2e}", img_s=f"{images_per_second:.0f}"
+                    )
+                    step_losses, log_start, log_images = [], time.perf_counter(), 0
             if at_eval:
-                evaluate_and_keep_best(global_step / epoch_steps)
+                with timer("evaluation"):
+                    evaluate_and_keep_best(global_step / epoch_steps)
                 model.train()
             if at_checkpoint:
-                checkpoint(epoch, batches_in_epoch)
+                with timer("checkpoint"):
+                    checkpoint(epoch, batches_in_epoch)
             if global_step >= max_train_steps:
                 break
 
@@ -499,11 +514,13 @@ def main(argv: list[str] | None = None):
                 "scripts/prepare_dataset.py) in a number that is a multiple of processes x workers"
             )
         check_finite()
-        result = evaluate_and_keep_best(global_step / epoch_steps)
+        with timer("evaluation"):
+            result = evaluate_and_keep_best(global_step / epoch_steps)
         model.train()
         # An epoch cut short by max_train_steps is checkpointed where it stopped, so that extending continues there.
         epoch_done = batches_in_epoch >= num_batches
-        checkpoint(epoch + 1 if epoch_done else epoch, 0 if epoch_done else batches_in_epoch)
+        with timer("checkpoint"):
+            checkpoint(epoch + 1 if epoch_done else epoch, 0 if epoch_done else batches_in_epoch)
         if global_step >= max_train_steps:
             break
     progress.close()
@@ -530,6 +547,8 @@ def main(argv: list[str] | None = None):
             final_eval_f1=result.get("eval_f1"),
             final_eval_ema_map=result.get("eval_ema_map"),
             train_runtime_s=runtime,
+            train_images=trained_images,
+            phase_seconds=timer.seconds,
             total_steps=global_step,
             ranks_in_sync=in_sync,
         )

@@ -181,3 +181,19 @@ def test_data_benchmark_prints_one_row_per_pipeline_against_naive():
         assert rows[0][0] == "| naive: PIL open -> RandomResizedCrop -> ToTensor"
         assert len(rows) == 6 and rows[0][2] == "1.00x |"
         assert all(float(row[1]) > 0 for row in rows)
+
+
+@pytest.mark.slow
+def test_loop_benchmark_times_the_real_quickstart_loop_against_its_model_step(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts/benchmark_loop.py"
+    args = ["--recipes", "quickstart", "--quickstart_steps", "40", "--model_steps", "5", "--num_threads", "1",
+            "--json", str(tmp_path / "loop.json")]  # fmt: skip
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = json.loads((tmp_path / "loop.json").read_text())["rows"]
+    assert row["in_memory"] and row["batch_size"] == 64 and row["train_images"] == 40 * 64
+    assert 0.3 < row["ratio"] < 1.3 and row["ratio"] == row["loop_images_per_s"] / row["model_only_images_per_s"]
+    assert row["phase_seconds"]["evaluation"] > 0 and row["phase_seconds"]["forward_backward"] > 0
+    line = next(line for line in done.stdout.splitlines() if line.startswith("| quickstart | 64 | in memory | 2560 |"))
+    shares = [float(cell.strip().rstrip("%")) for cell in line.split("|")[7:12]]
+    assert sum(shares) == pytest.approx(100, abs=0.3)

@@ -40,6 +40,11 @@ def test_single_process_run_writes_everything(single_run):
     assert (single_run / "training_curves.png").stat().st_size > 10_000
     summary = events(single_run, "summary")[0]
     assert summary["total_steps"] == 12 and summary["final_eval_top1"] == eval_events[-1]["eval_top1"]
+    # Where the time went: every phase of the loop, adding up to (nearly all of) the run's time after set-up.
+    seconds = summary["phase_seconds"]
+    assert set(seconds) == {"data", "augment", "forward_backward", "optimizer", "logging", "evaluation", "checkpoint"}
+    assert all(value > 0 for value in seconds.values()) and summary["train_images"] == 12 * 8
+    assert 0.8 * summary["train_runtime_s"] < sum(seconds.values()) <= summary["train_runtime_s"]
     config = json.loads((single_run / "run_config.json").read_text())
     assert config["global_batch_size"] == 8 and config["effective_learning_rate"] == pytest.approx(0.1 * 8 / 512)
     for folder in ("final", "best"):

@@ -27,6 +27,13 @@ class ModelArguments:
     model_config_overrides: str | None = field(
         default=None, metadata={"help": "ViTCustomConfig fields, e.g. 'hidden_size=64,num_hidden_layers=2'."}
     )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": "Attention kernel of our model while it trains: 'sdpa' (the default), 'eager' (explicit matmuls: "
+            "faster for a few dozen tokens on CPU), 'flex_attention', 'flash_attention_2'. Not saved with the model."
+        },
+    )
     crop_pct: float = field(default=0.9, metadata={"help": "Eval: resize the short side to size / crop_pct."})
     interpolation: str = "bicubic"
     image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
@@ -35,6 +42,11 @@ class ModelArguments:
     def __post_init__(self):
         if self.model != "vit_custom" and not (self.model.startswith("timm:") and len(self.model) > len("timm:")):
             raise ValueError(f"--model: expected 'vit_custom' or 'timm:<name>', got {self.model!r}")
+        if self.attn_implementation is not None and self.model != "vit_custom":
+            raise ValueError(
+                f"--attn_implementation: chooses our model's attention; --model {self.model} chooses its own, got "
+                f"{self.attn_implementation!r}"
+            )
         if not 0.0 < self.crop_pct <= 1.0:
             raise ValueError(f"--crop_pct: expected a value in (0, 1], got {self.crop_pct!r}")
         if len(self.image_mean) != len(self.image_std) or len(self.image_mean) not in (1, 3):
@@ -100,6 +112,13 @@ class TrainingArguments:
     gradient_checkpointing: bool = False
     num_workers: int = 4
     logging_steps: int = 50
+    synchronize_timing: bool = field(
+        default=False,
+        metadata={
+            "help": "Synchronise the GPU at each phase of the loop, so that the summary's time split is exact (on CPU "
+            "it always is); costs the overlap of consecutive steps."
+        },
+    )
     eval_steps: int | None = field(default=None, metadata={"help": "Also evaluate every N steps (always per epoch)."})
     checkpointing_steps: int | None = field(default=None, metadata={"help": "Also checkpoint every N steps."})
     checkpoints_total_limit: int = field(default=2, metadata={"help": "Keep the newest N checkpoints (N >= 1)."})

@@ -63,6 +63,8 @@ def build_model(
         label2id = {name: i for i, name in id2label.items()}
         config = ViTCustomConfig(id2label=id2label, label2id=label2id, problem_type=problem_type, **overrides)
         model = ViTCustomForImageClassification(config)
+    if args.attn_implementation is not None:
+        model.set_attn_implementation(args.attn_implementation)
     settings = args.preprocess_settings(model.config.image_size)
     if len(settings.mean) != model.config.num_channels:
         raise ValueError(

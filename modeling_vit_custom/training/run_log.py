@@ -32,6 +32,9 @@ class RunSummary:
     final_eval_f1: float | None = None
     final_eval_ema_map: float | None = None
     train_runtime_s: float | None = None
+    # This run's training images (all processes) and its seconds per phase of the loop (training.timing.PHASES).
+    train_images: int | None = None
+    phase_seconds: dict | None = None
     total_steps: int | None = None
     ranks_in_sync: bool | None = None
 

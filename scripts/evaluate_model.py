@@ -13,6 +13,7 @@ from pathlib import Path
 
 from modeling_vit_custom.cli import setup_logging
 from modeling_vit_custom.data.arguments import DataArguments
+from modeling_vit_custom.files import write_json
 from modeling_vit_custom.training.arguments import ModelArguments, parse_args
 
 
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None):
         splits = load_datasets(data_args, seed=args.seed, split="validation")
     model, settings = load_for_evaluation(model_args, args.checkpoint)
     validation = split_for(model, splits)
+    num_classes = num_classes_of(model)  # read before accelerate wraps the model
     dataset = ImageClassificationDataset(validation, EvalTransform(settings), data_args.max_bad_image_fraction)
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -58,13 +60,13 @@ def main(argv: list[str] | None = None):
     model, loader = accelerator.prepare(model, loader)
     start = time.perf_counter()
     result = run_evaluation(
-        model, loader, Normalize(settings), accelerator, num_classes_of(model), multi_label=splits.multi_label
+        model, loader, Normalize(settings), accelerator, num_classes, multi_label=splits.multi_label
     )
     result["images_per_second"] = result["eval_samples"] / (time.perf_counter() - start)
     if accelerator.is_main_process:
         print(json.dumps(result, indent=2))
         if args.output_json:
-            Path(args.output_json).write_text(json.dumps(result, indent=2))
+            write_json(result, Path(args.output_json))
 
 
 if __name__ == "__main__":

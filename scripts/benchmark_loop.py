@@ -18,11 +18,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--num_threads", type=int, default=2, help="torch threads of the run and of the model-only step."
     )
     parser.add_argument("--quickstart_steps", type=int, default=600, help="Training steps of the quickstart run.")
-    parser.add_argument("--vit_s16_steps", type=int, default=12, help="Training steps of the ViT-S/16 run.")
-    parser.add_argument("--model_steps", type=int, default=50, help="Timed model-only steps (each side of the run).")
+    parser.add_argument("--vit_s16_steps", type=int, default=16, help="Training steps of the ViT-S/16 run.")
     parser.add_argument("--json", type=Path, default=Path("benchmark_loop.json"))
     args = parser.parse_args(argv)
-    for name in ("num_threads", "quickstart_steps", "vit_s16_steps", "model_steps"):
+    for name in ("num_threads", "quickstart_steps", "vit_s16_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name}: expected a positive integer, got {getattr(args, name)}")
     return args
@@ -33,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     steps = {"quickstart": args.quickstart_steps, "vit_s16_generated": args.vit_s16_steps}
     try:
-        result = loop_efficiency(args.recipes, args.num_threads, steps, args.model_steps)
+        result = loop_efficiency(args.recipes, args.num_threads, steps)
     except (OSError, ValueError, RuntimeError) as error:
         logging.getLogger("benchmark_loop").error("%s", error)
         return 1

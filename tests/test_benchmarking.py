@@ -186,7 +186,7 @@ def test_data_benchmark_prints_one_row_per_pipeline_against_naive():
 @pytest.mark.slow
 def test_loop_benchmark_times_the_real_quickstart_loop_against_its_model_step(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts/benchmark_loop.py"
-    args = ["--recipes", "quickstart", "--quickstart_steps", "40", "--model_steps", "5", "--num_threads", "1",
+    args = ["--recipes", "quickstart", "--quickstart_steps", "40", "--num_threads", "1",
             "--json", str(tmp_path / "loop.json")]  # fmt: skip
     done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -191,13 +191,7 @@ def build_in_memory_loaders(splits, settings, aug_args, data_args, args, num_pro
         splits.train, replace(settings, crop_pct=1.0), max_bad, args.num_workers, device
     )
     eval_images, eval_labels = decode_all(splits.validation, settings, max_bad, args.num_workers, device)
-    sampler = EpochSampler(
-        len(train_labels),
-        seed=args.seed,
-        repeats=aug_args.repeated_augmentation,
-        num_replicas=num_processes,
-        batch_size=args.per_device_train_batch_size,
-    )
+    sampler = EpochSampler.for_training(len(train_labels), args, aug_args, num_processes)
     train = AugmentedImages(train_images, train_labels, args.seed, aug_args.train_crop_scale, aug_args.hflip)
     train_loader = torch.utils.data.DataLoader(
         train,

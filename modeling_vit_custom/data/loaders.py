@@ -65,13 +65,7 @@ def build_dataloaders(
     else:
         train = ImageClassificationDataset(splits.train, train_transform, max_bad_fraction=max_bad)
         evaluation = ImageClassificationDataset(splits.validation, eval_transform, max_bad_fraction=max_bad)
-        epoch_source = EpochSampler(
-            len(train),
-            seed=args.seed,
-            repeats=aug_args.repeated_augmentation,
-            num_replicas=num_processes,
-            batch_size=args.per_device_train_batch_size,
-        )
+        epoch_source = EpochSampler.for_training(len(train), args, aug_args, num_processes)
         train_loader = torch.utils.data.DataLoader(
             SeededSamples(train, args.seed),
             batch_size=args.per_device_train_batch_size,

@@ -42,6 +42,17 @@ class EpochSampler(torch.utils.data.Sampler):
         self.num_samples, self.seed, self.shuffle, self.epoch = num_samples, seed, shuffle, 0
         self.repeats, self.num_replicas, self.batch_size = repeats, num_replicas, batch_size
 
+    @classmethod
+    def for_training(cls, num_samples: int, args, aug_args, num_processes: int) -> "EpochSampler":
+        """The training order of a run: its seed, repeated augmentation, process count and per-process batch."""
+        return cls(
+            num_samples,
+            seed=args.seed,
+            repeats=aug_args.repeated_augmentation,
+            num_replicas=num_processes,
+            batch_size=args.per_device_train_batch_size,
+        )
+
     def set_epoch(self, epoch: int):
         self.epoch = epoch
 

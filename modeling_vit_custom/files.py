@@ -89,3 +89,12 @@ def read_json(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The model's safetensors files: `model.safetensors`, or the shards its index names (other safetensors files
+    in the folder, an EMA copy say, are not the model)."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        return [model_dir / name for name in sorted(set(read_json(index).get("weight_map", {}).values()))]
+    return [model_dir / "model.safetensors"] if (model_dir / "model.safetensors").is_file() else []

@@ -159,3 +159,25 @@ def test_the_same_class_count_and_size_load_every_tensor_as_saved(checkpoint):
     assert state_dict.keys() == source.keys()
     assert all(torch.equal(state_dict[name], tensor) for name, tensor in source.items())
     assert model.config.id2label[3] == "class_3" and model.config.drop_path_rate == 0.1
+
+
+def test_a_hub_model_id_starts_from_its_cached_snapshot_and_an_unknown_one_is_named(checkpoint, tmp_path):
+    """`user/name` is read from the Hub cache (offline here: a snapshot laid out as huggingface_hub lays it out)."""
+    snapshot = tmp_path / "hub" / "models--someone--tiny16" / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    for path in checkpoint.iterdir():
+        (snapshot / path.name).write_bytes(path.read_bytes())
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abc")
+    code = (
+        "import sys\n"
+        "from modeling_vit_custom.training.pretrained import fit_checkpoint\n"
+        "fit = fit_checkpoint(sys.argv[1], {'image_size': 24})\n"
+        "print(fit.folder.name, fit.grids)\n"
+    )
+    env = {**environment(), "HF_HUB_CACHE": str(tmp_path / "hub"), "PYTHONPATH": str(ROOT)}
+    found = subprocess.run([sys.executable, "-c", code, "someone/tiny16"], env=env, capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr[-2000:]
+    assert found.stdout.split("\n")[-2] == "0123abc ((4, 4), (6, 6))"
+    missing = subprocess.run([sys.executable, "-c", code, "someone/missing"], env=env, capture_output=True, text=True)
+    assert "--model_name_or_path 'someone/missing': no such local folder, and not a Hub model" in missing.stderr

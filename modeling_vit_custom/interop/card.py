@@ -10,20 +10,11 @@ import jinja2.meta
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
-from ..files import read_json
+from ..files import read_json, weight_files
 from ..training.run_log import RunRecord
 
 # The template lives at the top of the repository, where users edit it; pass `template_path` to use another.
 DEFAULT_TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_card.md"
-
-
-def weight_files(model_dir: Path) -> list[Path]:
-    """The model's safetensors files: `model.safetensors`, or the shards its index names (other safetensors files
-    in the folder, an EMA copy say, are not the model)."""
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        return [model_dir / name for name in sorted(set(read_json(index).get("weight_map", {}).values()))]
-    return [model_dir / "model.safetensors"] if (model_dir / "model.safetensors").is_file() else []
 
 
 def count_parameters(folder: Path) -> int:

@@ -10,8 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from .. import ViTCustomConfig, ViTCustomForImageClassification
-from ..files import read_json
-from ..interop.card import weight_files
+from ..files import read_json, weight_files
 from ..modeling_vit_custom import resample_position_embeddings
 
 logger = logging.getLogger(__name__)
@@ -40,12 +39,30 @@ class CheckpointFit:
         return (old, old), (new, new)
 
 
+def model_folder(model_name_or_path: str) -> Path:
+    """A local folder as it is; a Hub model id (`user/name`, no such local path) downloaded to the Hub cache (only its
+    config, code and safetensors files), or its cached copy when offline."""
+    path = Path(model_name_or_path)
+    if path.exists() or model_name_or_path.count("/") != 1:
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(model_name_or_path, allow_patterns=["*.json", "*.py", "*.safetensors"]))
+    except (HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError) as error:
+        raise ValueError(
+            f"--model_name_or_path {model_name_or_path!r}: no such local folder, and not a Hub model that can be "
+            f"read ({type(error).__name__}: {str(error).splitlines()[0]})"
+        ) from None
+
+
 def fit_checkpoint(model_name_or_path: str, overrides: dict, class_names: list[str] | None = None) -> CheckpointFit:
     """The run's config (the folder's, with `overrides` and, given `class_names`, those classes) and a check, from the
     safetensors headers alone, that every tensor of the folder fits it: the same names and shapes, except the
     position embeddings (another image_size: resampled) and the head (another class count: new). Anything else is
     a ValueError naming the tensors (the first few) with both shapes."""
-    folder = Path(model_name_or_path)
+    folder = model_folder(model_name_or_path)
     files = weight_files(folder) if (folder / "config.json").is_file() else []
     if not files:
         raise ValueError(

@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None):
     from modeling_vit_custom.data.decoding import ImageClassificationDataset, collate
     from modeling_vit_custom.data.sources import load_datasets
     from modeling_vit_custom.data.transforms import EvalTransform, Normalize
+    from modeling_vit_custom.interop.loading import load_for_evaluation, split_for
     from modeling_vit_custom.training.evaluation import run_evaluation
-    from modeling_vit_custom.training.models import load_for_evaluation, num_classes_of, split_for
+    from modeling_vit_custom.training.models import num_classes_of
 
     accelerator = Accelerator(mixed_precision=args.mixed_precision or ("bf16" if torch.cuda.is_available() else "no"))
     setup_logging(timestamps=True)

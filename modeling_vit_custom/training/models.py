@@ -10,7 +10,7 @@ from torch.distributed.fsdp import FSDPModule
 from transformers import get_scheduler
 
 from .. import ViTCustomConfig, ViTCustomForImageClassification
-from ..files import read_json, replacing
+from ..files import replacing
 from ..image_processing import PreprocessSettings
 from .arguments import ModelArguments, TrainingArguments, parse_config_overrides
 from .pretrained import load_pretrained
@@ -72,64 +72,6 @@ def build_model(
             f"got {len(settings.mean)}"
         )
     return model, settings
-
-
-def is_timm_folder(path: str) -> bool:
-    """Whether `path` is a folder that timm's `save_for_hf` wrote (a `--model timm:<name>` run's best/ or final/):
-    its config.json names a timm `architecture` and no transformers `model_type`."""
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        return False
-    fields = read_json(config)
-    return "architecture" in fields and "model_type" not in fields
-
-
-def load_for_evaluation(args: ModelArguments, checkpoint: str | None) -> tuple[nn.Module, PreprocessSettings]:
-    """A saved (or converted) model folder with its own preprocessing: ours, or a `--model timm:<name>` run's; or
-    `timm:<name>` with timm's, optionally with weights from a checkpoint file (class count from its head)."""
-    if args.model.startswith("timm:"):
-        from ..interop.timm_conversion import build_timm_model
-
-        model = build_timm_model(args.model.removeprefix("timm:"), checkpoint=checkpoint)
-        return model, PreprocessSettings.from_timm(model)
-    if not args.model_name_or_path:
-        raise ValueError("--model_name_or_path: a saved model folder is needed (or --model timm:<name>)")
-    from transformers import AutoImageProcessor
-
-    if is_timm_folder(args.model_name_or_path):
-        import timm
-
-        # Its config.json holds the data config the run trained with (transformers would read the folder's
-        # preprocessor_config.json through its timm wrapper, which keeps no resample).
-        model = timm.create_model(f"local-dir:{args.model_name_or_path}", pretrained=True)
-        return model, PreprocessSettings.from_timm(model)
-    model = ViTCustomForImageClassification.from_pretrained(args.model_name_or_path)
-    try:
-        settings = PreprocessSettings.from_image_processor(AutoImageProcessor.from_pretrained(args.model_name_or_path))
-    except OSError:  # a folder saved without its image processor: the flags give the preprocessing
-        settings = args.preprocess_settings(model.config.image_size)
-    return model, settings
-
-
-def split_for(model: nn.Module, splits):
-    """The validation split of `splits` (a DatasetSplits) as `model` numbers its classes, after checking that the model
-    was trained for it: the same class count, the same kind of labels (a model whose config says multi-label on a
-    multi-label split, and only there), the same class names (remapped when only their order differs)."""
-    from ..data.sources import align_classes
-
-    num_classes = num_classes_of(model)
-    if num_classes != len(splits.class_names):
-        raise ValueError(
-            f"The model predicts {num_classes} classes, the dataset has {len(splits.class_names)}: "
-            "evaluate on the dataset the model was trained for"
-        )
-    if hasattr(model, "config") and (model.config.problem_type == "multi_label_classification") != splits.multi_label:
-        raise ValueError(
-            f"The model's problem_type is {model.config.problem_type!r}, the dataset's labels are "
-            f"{'lists of classes (multi-label)' if splits.multi_label else 'one class per image'}: evaluate on the "
-            "kind of dataset the model was trained for"
-        )
-    return align_classes(splits.validation, class_names_of(model), "the evaluated split")
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool = False) -> torch.Tensor:

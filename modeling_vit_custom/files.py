@@ -33,10 +33,12 @@ def commit(staging: Path, path: str | os.PathLike) -> Path:
 
 @contextmanager
 def replacing(path: str | os.PathLike, folder: bool = False) -> Iterator[Path]:
-    """Yields the staging path of `path` (a fresh empty folder with `folder=True`); when the block completes, the
-    staged file or folder replaces `path`; when it raises, the staging is removed and `path` is left as it was."""
+    """Yields a staging path beside `path` (a fresh empty folder with `folder=True`); when the block completes, the
+    staged file or folder replaces `path`; when it raises, the staging is removed and `path` is left as it was. The
+    staging name holds the process id, so two processes writing the same file (two runs filling one cache) each
+    commit a whole copy instead of renaming each other's."""
     path = Path(path)
-    staging = staging_path(path)
+    staging = path.with_name(f".tmp_{os.getpid()}_{path.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove(staging)
     if folder:

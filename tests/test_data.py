@@ -3,6 +3,9 @@
 import gzip
 import io
 import logging
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import datasets
@@ -436,6 +439,34 @@ def test_fashion_mnist_conversion(tmp_path):
     splits = load_datasets(DataArguments(dataset_name="fashion_mnist", cache_dir=str(tmp_path)))
     assert (len(splits.train), len(splits.validation)) == (60_000, 10_000)
     assert splits.id2label[9] == "Ankle boot"
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from modeling_vit_custom.files import replacing
+
+target, name, wait_for, signal = map(Path, sys.argv[1:])
+with replacing(target) as staging:
+    staging.write_text(name.name)
+    signal.touch()
+    while not wait_for.exists():
+        time.sleep(0.01)
+"""
+
+
+def test_two_processes_filling_one_cache_file_both_commit_a_whole_copy(tmp_path):
+    # Two first runs on a fresh machine convert Fashion-MNIST into the same cache at once. A enters its write, B
+    # writes and commits the same file while A is still inside, then A commits: both succeed, each with its own copy.
+    target = tmp_path / "cache" / "train.parquet"
+    a_inside, b_done = tmp_path / "a_inside", tmp_path / "b_done"
+    a = subprocess.Popen([sys.executable, "-c", WRITER, str(target), "A", str(b_done), str(a_inside)])
+    while not a_inside.exists() and a.poll() is None:
+        time.sleep(0.01)
+    b = subprocess.run([sys.executable, "-c", WRITER, str(target), "B", str(a_inside), str(b_done)])
+    assert (b.returncode, a.wait(timeout=60)) == (0, 0)
+    assert target.read_text() == "A"  # the last commit wins, whole
+    assert [path.name for path in target.parent.iterdir()] == ["train.parquet"]  # no staging left behind
 
 
 def test_fashion_mnist_bad_idx_file_is_named(tmp_path):

@@ -1,5 +1,7 @@
 """Configuration of the vit-custom Vision Transformer (defaults: timm's `vit_base_patch16_224`)."""
 
+import math
+
 from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
@@ -49,11 +51,16 @@ class ViTCustomConfig(PretrainedConfig):
         pooling (`str`, *optional*, defaults to `"cls"`):
             `"cls"` classifies the class token, `"mean"` the mean of the patch tokens.
         conv_stem_depth (`int`, *optional*, defaults to 0):
-            0 cuts the image into patches and projects them linearly (ViT). N > 0 replaces that with N 3x3 stride-2
-            convolutions with BatchNorm and ReLU, of hidden_size / 2**(N-1-i) channels, and a 1x1 projection: the
-            convolutional stem of Xiao et al. 2021 ("Early Convolutions Help Transformers See Better"). Each
-            convolution halves the size rounding up, so the token grid is ceil(image_size / 2**N), which must equal
-            image_size // patch_size (e.g. 28 px, patch 7, depth 3: a 4x4 grid).
+            0 cuts the image into patches and projects them linearly (ViT). N > 0 replaces that with N 3x3
+            convolutions with BatchNorm and ReLU and a 1x1 projection to hidden_size: the convolutional stem of Xiao
+            et al. 2021 ("Early Convolutions Help Transformers See Better"). A stride-s convolution divides the size by
+            s rounding up, so the token grid is ceil(image_size / product of the strides), which must equal
+            image_size // patch_size (e.g. 28 px, patch 7, three stride-2 convolutions: a 4x4 grid).
+        conv_stem_channels (`list[int]`, *optional*):
+            Output channels of each stem convolution; its length sets `conv_stem_depth`. Unset: hidden_size /
+            2**(N-1-i) for convolution i of N (e.g. 32, 64, 128 for hidden_size 128 and depth 3).
+        conv_stem_strides (`list[int]`, *optional*):
+            Stride of each stem convolution, 1 or 2; its length sets `conv_stem_depth`. Unset: 2 for every one.
         num_labels / id2label / label2id:
             The classes (1000 unnamed ImageNet classes by default), handled by `PretrainedConfig`.
         problem_type (`str`, *optional*):
@@ -82,6 +89,8 @@ class ViTCustomConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         pooling: str = "cls",
         conv_stem_depth: int = 0,
+        conv_stem_channels: list[int] | None = None,
+        conv_stem_strides: list[int] | None = None,
         **kwargs,
     ):
         if "num_labels" not in kwargs and "id2label" not in kwargs:
@@ -106,7 +115,25 @@ class ViTCustomConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.pooling = pooling
         self.conv_stem_depth = conv_stem_depth
+        self.conv_stem_channels = None if conv_stem_channels is None else list(conv_stem_channels)
+        self.conv_stem_strides = None if conv_stem_strides is None else list(conv_stem_strides)
         self._validate()
+
+    @property
+    def stem_channels(self) -> list[int]:
+        """Output channels of each convolution of the stem (empty without one)."""
+        depth = self.conv_stem_depth
+        return self.conv_stem_channels or [self.hidden_size // 2 ** (depth - 1 - i) for i in range(depth)]
+
+    @property
+    def stem_strides(self) -> list[int]:
+        """Stride of each convolution of the stem (empty without one)."""
+        return self.conv_stem_strides or [2] * self.conv_stem_depth
+
+    @property
+    def pixels_per_token(self) -> int:
+        """Side of the square of pixels each token stands for: the patch, or the product of the stem's strides."""
+        return math.prod(self.stem_strides) if self.conv_stem_depth else self.patch_size
 
     def _validate(self):
         for name in (
@@ -153,11 +180,30 @@ class ViTCustomConfig(PretrainedConfig):
         depth = self.conv_stem_depth
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
             raise ValueError(f"ViTCustomConfig.conv_stem_depth: expected a non-negative integer, got {depth!r}")
-        stem_grid = -(-self.image_size // 2**depth)  # each stride-2 convolution halves the size, rounding up
-        if depth and (self.hidden_size % 2 ** (depth - 1) or stem_grid != self.image_size // self.patch_size):
+        for name, allowed in (("conv_stem_channels", "positive integers"), ("conv_stem_strides", "1s and 2s")):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            valid = (lambda v: v in (1, 2)) if name == "conv_stem_strides" else (lambda v: v > 0)
+            if not values or any(isinstance(v, bool) or not isinstance(v, int) or not valid(v) for v in values):
+                raise ValueError(f"ViTCustomConfig.{name}: expected a non-empty list of {allowed}, got {values!r}")
+            if depth and len(values) != depth:
+                raise ValueError(
+                    f"ViTCustomConfig.{name}: expected one value per stem convolution (conv_stem_depth {depth}), "
+                    f"got {len(values)}: {values!r}"
+                )
+            self.conv_stem_depth = depth = len(values)
+        if depth and self.conv_stem_channels is None and self.hidden_size % 2 ** (depth - 1):
             raise ValueError(
-                f"ViTCustomConfig.conv_stem_depth: {depth} stride-2 convolutions give a "
-                f"{stem_grid}-wide grid for image_size {self.image_size}; expected "
-                f"image_size // patch_size = {self.image_size // self.patch_size} and a hidden_size divisible by "
-                f"{2 ** (depth - 1)}, got hidden_size {self.hidden_size}"
+                f"ViTCustomConfig.conv_stem_depth: expected a hidden_size divisible by {2 ** (depth - 1)} (without "
+                f"conv_stem_channels, convolution i of {depth} has hidden_size / 2**({depth - 1}-i) channels), "
+                f"got hidden_size {self.hidden_size}"
+            )
+        stride = self.pixels_per_token
+        stem_grid = -(-self.image_size // stride)  # a stride-s convolution divides the size by s, rounding up
+        if depth and stem_grid != self.image_size // self.patch_size:
+            raise ValueError(
+                f"ViTCustomConfig.conv_stem_depth: expected stem strides that make the image_size // patch_size = "
+                f"{self.image_size // self.patch_size}-wide token grid, got strides {self.stem_strides}, a "
+                f"{stem_grid}-wide grid for image_size {self.image_size}"
             )

@@ -38,11 +38,16 @@ class ViTCustomEmbeddings(nn.Module):
         self.num_channels = config.num_channels
         self.grid_size = config.image_size // p
         self.conv_stem_depth = depth = config.conv_stem_depth
+        self.pixels_per_token = config.pixels_per_token
         if depth:
-            widths = [config.num_channels] + [config.hidden_size // 2 ** (depth - 1 - i) for i in range(depth)]
+            widths = [config.num_channels, *config.stem_channels]
             layers = []
-            for in_width, out_width in zip(widths[:-1], widths[1:], strict=True):
-                layers += [nn.Conv2d(in_width, out_width, 3, 2, 1, bias=False), nn.BatchNorm2d(out_width), nn.ReLU()]
+            for in_width, out_width, stride in zip(widths[:-1], widths[1:], config.stem_strides, strict=True):
+                layers += [
+                    nn.Conv2d(in_width, out_width, 3, stride, 1, bias=False),
+                    nn.BatchNorm2d(out_width),
+                    nn.ReLU(),
+                ]
             self.conv_stem = nn.Sequential(*layers, nn.Conv2d(widths[-1], config.hidden_size, 1))
         else:
             self.to_patches = Rearrange("b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p)
@@ -52,9 +57,10 @@ class ViTCustomEmbeddings(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
-        """Token grid of an image: (height // patch, width // patch), or halved and rounded up per stem convolution."""
+        """Token grid of an image: (height // patch, width // patch), or divided by each stem convolution's stride
+        and rounded up."""
         if self.conv_stem_depth:
-            stride = 2**self.conv_stem_depth
+            stride = self.pixels_per_token
             # (h + s - 1) // s, not -(-h // s): exported graphs (ONNX) turn a negative floor division into truncation.
             return (height + stride - 1) // stride, (width + stride - 1) // stride
         return height // self.patch_size, width // self.patch_size

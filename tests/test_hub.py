@@ -51,9 +51,9 @@ COMPARISON = {
 }
 
 
-def save_model(folder: Path, seed: int, preprocessor: bool = True) -> ViTCustomForImageClassification:
+def save_model(folder: Path, seed: int, preprocessor: bool = True, **overrides) -> ViTCustomForImageClassification:
     torch.manual_seed(seed)
-    config = ViTCustomConfig(**{**TINY_CONFIG, "id2label": dict(enumerate(LABELS))})
+    config = ViTCustomConfig(**{**TINY_CONFIG, "id2label": dict(enumerate(LABELS)), **overrides})
     model = ViTCustomForImageClassification(config)
     model.save_pretrained(folder)
     if preprocessor:
@@ -307,6 +307,16 @@ def test_plain_saved_model_gets_default_preprocessing_and_says_so(tmp_path, capl
     assert_fully_rendered(text)
     assert "did not record its own preprocessing" in text
     assert "No training run or conversion record came with these weights" in text
+
+
+def test_card_describes_a_convolutional_stem(tmp_path):
+    save_model(tmp_path / "stem", seed=3, conv_stem_channels=[8, 16, 32, 48], conv_stem_strides=[1, 2, 2, 2])
+    folder = hub.build_folder(tmp_path / "stem", tmp_path / "repo", repo_id="someone/stem")
+    text = (folder / "README.md").read_text()
+    assert (
+        "| Patch embedding | convolutional stem: 4 3 x 3 convolutions of 8-16-32-48 channels, strides 1-2-2-2, "
+        "then a 1 x 1 projection |"
+    ) in text
 
 
 def test_upload_sends_the_verified_folder_in_one_commit_without_leaking_the_token(

@@ -70,6 +70,12 @@ CONFIG_ERRORS = [
     ({"conv_stem_depth": -1}, "conv_stem_depth"),
     ({"conv_stem_depth": 2}, "conv_stem_depth"),  # 32 -> 16 -> 8: an 8-wide grid, not 32 // 8 = 4
     ({"conv_stem_depth": 3, "hidden_size": 66, "num_attention_heads": 3}, "conv_stem_depth"),  # 66 / 4 channels
+    ({"conv_stem_channels": [8, 16]}, "conv_stem_depth"),  # two stride-2 convolutions: an 8-wide grid
+    ({"conv_stem_channels": [8, 16, 32], "conv_stem_depth": 2}, "conv_stem_channels"),  # 3 widths for 2 convs
+    ({"conv_stem_channels": [8, 0, 32]}, "conv_stem_channels"),
+    ({"conv_stem_channels": []}, "conv_stem_channels"),
+    ({"conv_stem_strides": [2, 3, 2]}, "conv_stem_strides"),
+    ({"conv_stem_strides": [1, 2, 2, 2], "conv_stem_channels": [8, 16, 32]}, "conv_stem_strides"),
     *[({name: value}, name) for name in SIZE_FIELDS for value in (0, -8)],
     *[({name: value}, name) for name in PROBABILITY_FIELDS for value in (-0.1, 1.0)],
 ]
@@ -538,3 +544,32 @@ def test_conv_stem_replaces_the_patch_projection(tiny_config, seed, tmp_path):
     torch.testing.assert_close(stem[1].running_mean, loaded.vit.embeddings.conv_stem[1].running_mean, atol=0, rtol=0)
     with torch.no_grad():
         torch.testing.assert_close(loaded(pixel_values).logits, model(pixel_values).logits, atol=0, rtol=0)
+
+
+def test_conv_stem_widths_and_strides_are_free_of_hidden_size(tiny_config, seed, tmp_path):
+    # A full-resolution convolution first, then three stride-2 ones: 32 -> 32 -> 16 -> 8 -> 4, the same 4x4 grid.
+    config = tiny_config(conv_stem_channels=[8, 24, 48, 96], conv_stem_strides=[1, 2, 2, 2])
+    assert config.conv_stem_depth == 4 and config.pixels_per_token == 8
+    model = ViTCustomForImageClassification(config)
+    convolutions = [layer for layer in model.vit.embeddings.conv_stem if isinstance(layer, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.stride[0]) for c in convolutions] == [
+        (3, 8, 1), (8, 24, 2), (24, 48, 2), (48, 96, 2), (96, 64, 1),
+    ]  # fmt: skip
+    pixel_values = torch.randn(2, 3, 32, 32)
+    assert model.vit.embeddings(pixel_values).shape == (2, 1 + 16, 64)
+    # 44 px: 44 -> 22 -> 11 -> 6, rounded up like the image processor's token count and the attention maps' grid.
+    assert model.vit.embeddings.grid(44, 44) == (6, 6)
+    assert model.vit.embeddings(torch.randn(1, 3, 44, 44), interpolate_pos_encoding=True).shape == (1, 1 + 36, 64)
+    model.eval().save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["conv_stem_channels"] == [8, 24, 48, 96] and saved["conv_stem_strides"] == [1, 2, 2, 2]
+    loaded = ViTCustomForImageClassification.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values).logits, model(pixel_values).logits, atol=0, rtol=0)
+
+
+def test_a_default_conv_stem_keeps_its_widths_and_layout(tiny_config):
+    # Folders saved before conv_stem_channels existed name only the depth: the same widths, the same parameter names.
+    old = ViTCustomForImageClassification(tiny_config(conv_stem_depth=3))
+    explicit = ViTCustomForImageClassification(tiny_config(conv_stem_channels=[16, 32, 64]))
+    assert {k: v.shape for k, v in old.state_dict().items()} == {k: v.shape for k, v in explicit.state_dict().items()}

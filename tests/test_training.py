@@ -179,6 +179,10 @@ def test_config_overrides_are_typed_and_checked():
     assert parse_config_overrides("hidden_size=64, qkv_bias=false,pooling=mean,drop_path_rate=0.1") == {
         "hidden_size": 64, "qkv_bias": False, "pooling": "mean", "drop_path_rate": 0.1
     }  # fmt: skip
+    # A list keeps its commas: items are split only outside brackets.
+    assert parse_config_overrides("conv_stem_channels=[16, 32,64],conv_stem_strides=[1,2,2],hidden_size=64") == {
+        "conv_stem_channels": [16, 32, 64], "conv_stem_strides": [1, 2, 2], "hidden_size": 64
+    }  # fmt: skip
     with pytest.raises(ValueError, match="'hidden' is not a ViTCustomConfig field"):
         parse_config_overrides("hidden=64")
     with pytest.raises(ValueError, match="expected 'key=value'"):

@@ -65,8 +65,7 @@ def to_image(
 def token_layout(model, height: int, width: int) -> tuple[tuple[int, int], int]:
     """(token grid, pixels per token) of `model` for an image of height x width."""
     embeddings = model.vit.embeddings
-    stride = 2**embeddings.conv_stem_depth if embeddings.conv_stem_depth else embeddings.patch_size
-    return embeddings.grid(height, width), stride
+    return embeddings.grid(height, width), embeddings.pixels_per_token
 
 
 @dataclass

@@ -10,6 +10,7 @@ import jinja2.meta
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
+from ..configuration_vit_custom import ViTCustomConfig
 from ..files import read_json, weight_files
 from ..training.run_log import RunRecord
 
@@ -121,16 +122,25 @@ def card_title(repo_id: str | None, model_name: str | None) -> str:
     return model_name or repo_id
 
 
+def _patch_embedding(config: dict) -> str:
+    if not config.get("conv_stem_depth"):
+        return f"linear, {config['patch_size']} x {config['patch_size']} patches"
+    stem = ViTCustomConfig.from_dict(config)
+    return (
+        f"convolutional stem: {stem.conv_stem_depth} 3 x 3 convolutions of {_join(stem.stem_channels)} channels, "
+        f"strides {_join(stem.stem_strides)}, then a 1 x 1 projection"
+    )
+
+
+def _join(values: list[int]) -> str:
+    return "-".join(map(str, values))
+
+
 def _architecture(config: dict, parameters: int, num_labels: int) -> list[tuple]:
     return [
         ("Parameters", _format_number(parameters)),
         ("Image size", f"{config['image_size']} x {config['image_size']}"),
-        (
-            "Patch embedding",
-            f"convolutional stem, {config['conv_stem_depth']} stride-2 3 x 3 convolutions"
-            if config.get("conv_stem_depth")
-            else f"linear, {config['patch_size']} x {config['patch_size']} patches",
-        ),
+        ("Patch embedding", _patch_embedding(config)),
         ("Hidden size", config["hidden_size"]),
         ("Layers", config["num_hidden_layers"]),
         ("Attention heads", config["num_attention_heads"]),

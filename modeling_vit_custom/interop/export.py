@@ -37,14 +37,10 @@ class LogitsOnly(nn.Module):
         return self.model(pixel_values, interpolate_pos_encoding=True).logits
 
 
-def pixels_per_token(config) -> int:
-    return 2**config.conv_stem_depth if config.conv_stem_depth else config.patch_size
-
-
 def check_sizes(config) -> list[tuple[int, int, int]]:
     """(batch, height, width) checked after export: the model's own size, a larger non-square one and a smaller one
     (a convolutional stem also gets sizes it rounds up)."""
-    size, unit = config.image_size, pixels_per_token(config)
+    size, unit = config.image_size, config.pixels_per_token
     odd = 1 if config.conv_stem_depth else 0
     small = max(size - unit, MIN_GRID * unit)
     return [(1, size, size), (3, size + 2 * unit, size + unit + odd), (2, small + odd, size + 3 * unit)]
@@ -52,7 +48,7 @@ def check_sizes(config) -> list[tuple[int, int, int]]:
 
 def dynamic_shapes(config) -> dict:
     batch = torch.export.Dim("batch", min=1, max=4096)
-    unit = pixels_per_token(config)
+    unit = config.pixels_per_token
     if config.conv_stem_depth:
         # The stem rounds each side up to whole tokens: any size in the range.
         height = torch.export.Dim("height", min=MIN_GRID * unit, max=MAX_GRID * unit)
@@ -65,7 +61,7 @@ def dynamic_shapes(config) -> dict:
 
 def _trace_input(config) -> torch.Tensor:
     # Not the model's own size: tracing at it would take the position embedding's no-resampling shortcut.
-    unit = pixels_per_token(config)
+    unit = config.pixels_per_token
     size = config.image_size + unit
     return torch.randn(2, config.num_channels, size, size + unit)
 

@@ -4,6 +4,7 @@ Nothing heavy is imported here, so `scripts/train.py --help` answers before torc
 
 import dataclasses
 import json
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -217,14 +218,15 @@ def load_recipe(path: str, parser: HfArgumentParser) -> dict:
 
 
 def parse_config_overrides(overrides: str | None) -> dict:
-    """'hidden_size=64,qkv_bias=false' -> {'hidden_size': 64, 'qkv_bias': False} (values read as YAML scalars)."""
+    """'hidden_size=64,qkv_bias=false,conv_stem_strides=[1,2]' -> {'hidden_size': 64, 'qkv_bias': False,
+    'conv_stem_strides': [1, 2]} (values read as YAML; items split at the commas outside brackets)."""
     if not overrides:
         return {}
     from ..configuration_vit_custom import ViTCustomConfig
 
     fields = set(ViTCustomConfig().to_dict())
     result = {}
-    for item in overrides.split(","):
+    for item in re.split(r",(?![^\[]*\])", overrides):
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:

@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None):
         Normalize,
         build_mixup,
         check_multi_label_augmentation,
+        memory_format,
         smooth_labels,
     )
     from modeling_vit_custom.training.checkpoints import (
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None):
     enable_fsdp_on_cpu(accelerator)
     fsdp = accelerator.is_fsdp2
     if fsdp:
-        check_fsdp_arguments(data_args.streaming, model_args.model)
+        check_fsdp_arguments(data_args.streaming, model_args.model, args.channels_last)
     setup_logging(timestamps=True)
     # Every process draws its own dropout, drop-path, mixup / cutmix and erasing randomness (DeiT seeds seed + rank);
     # each sample's augmentation is seeded by (seed, epoch, index) whatever the process.
@@ -151,14 +152,15 @@ def main(argv: list[str] | None = None):
     )
     mixup = build_mixup(aug_args, num_classes)
     # The loaders hand over uint8 images: normalized (and erased, in training) per batch on the device.
-    train_normalize, eval_normalize = Normalize(settings, aug_args.random_erasing), Normalize(settings)
+    train_normalize = Normalize(settings, aug_args.random_erasing, args.channels_last)
+    eval_normalize = Normalize(settings, channels_last=args.channels_last)
 
     if args.gradient_checkpointing:
         if hasattr(model, "set_grad_checkpointing"):  # timm
             model.set_grad_checkpointing()
         else:
             model.activation_checkpointing_enable()
-    model.to(accelerator.device)
+    model.to(accelerator.device, memory_format=memory_format(args.channels_last))
     global_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     lr = scaled_learning_rate(args.learning_rate, global_batch_size)
     optimizer = create_optimizer(model, args, lr)

@@ -102,11 +102,17 @@ def test_fsdp_matches_ddp_and_resumes_where_it_stopped(fsdp_run, image_folders, 
 
 
 @pytest.mark.slow
-def test_fsdp_refuses_a_stream_before_reading_data(image_folders, tmp_path):
-    """Under FSDP every forward pass is a collective, and a stream's evaluation shards are uneven."""
-    command = train_command(image_folders, tmp_path / "run", "--streaming", "--max_train_steps", "2", processes=2,
-                            fsdp=True)  # fmt: skip
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        # Under FSDP every forward pass is a collective, and a stream's evaluation shards are uneven.
+        ("--streaming", "--streaming with FSDP: expected a table, got a stream"),
+        ("--channels_last", "--channels_last with FSDP: expected it off, got on"),
+    ],
+)
+def test_fsdp_refuses_what_it_cannot_run_before_reading_data(image_folders, tmp_path, flag, message):
+    command = train_command(image_folders, tmp_path / "run", flag, "--max_train_steps", "2", processes=2, fsdp=True)
     result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert "--streaming with FSDP: expected a table, got a stream" in result.stderr
+    assert message in result.stderr
     assert not (tmp_path / "run" / "run_config.json").exists()

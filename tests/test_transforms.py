@@ -249,6 +249,10 @@ def test_normalize_batches_and_erases():
         3, 1, 1
     )
     torch.testing.assert_close(Normalize(settings)(pixels), expected, atol=1e-6, rtol=0)
+    # --channels_last: the same values, laid out channels-last; the default stays contiguous.
+    channels_last = Normalize(settings, channels_last=True)(pixels)
+    assert channels_last.is_contiguous(memory_format=torch.channels_last) and not channels_last.is_contiguous()
+    assert torch.equal(channels_last, Normalize(settings)(pixels)) and Normalize(settings)(pixels).is_contiguous()
     torch.manual_seed(0)
     erased = Normalize(settings, random_erasing=1.0)(pixels)
     changed = (erased != Normalize(settings)(pixels)).flatten(1).float().mean(dim=1)

@@ -116,18 +116,25 @@ class EvalTransform:
         )
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The layout `--channels_last` gives the model's convolution weights and its input batches."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 class Normalize:
     """
     Batch of uint8 images (B, C, H, W) -> the model's float input on the same device: x / 255, then (x - mean) / std,
     the operations of torchvision's ToTensor + Normalize (so bit-identical to timm's per-image transform), once per
     batch on the device instead of once per image in the data workers, as timm's PrefetchLoader does. Training adds
-    timm's per-pixel random erasing, which works on normalized values.
+    timm's per-pixel random erasing, which works on normalized values. With `channels_last`, the batch is laid out
+    channels-last, as a model converted with `--channels_last` takes it.
     """
 
-    def __init__(self, settings: PreprocessSettings, random_erasing: float = 0.0):
+    def __init__(self, settings: PreprocessSettings, random_erasing: float = 0.0, channels_last: bool = False):
         self.mean = torch.tensor(settings.mean).view(1, -1, 1, 1)
         self.std = torch.tensor(settings.std).view(1, -1, 1, 1)
         self.random_erasing = random_erasing
+        self.memory_format = memory_format(channels_last)
         self.eraser = None
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -138,7 +145,7 @@ class Normalize:
             )
         if self.mean.device != pixels.device:
             self.mean, self.std = self.mean.to(pixels.device), self.std.to(pixels.device)
-        batch = pixels.float().div_(255).sub_(self.mean).div_(self.std)
+        batch = pixels.to(torch.float32, memory_format=self.memory_format).div_(255).sub_(self.mean).div_(self.std)
         if self.random_erasing == 0:
             return batch
         if self.eraser is None:  # per-pixel normal noise, as DeiT erases, drawn on the batch's device

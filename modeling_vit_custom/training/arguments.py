@@ -111,6 +111,13 @@ class TrainingArguments:
     )
     torch_compile: bool = False
     gradient_checkpointing: bool = False
+    channels_last: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the model's convolution weights and the input batches in channels-last memory (timm's "
+            "--channels-last): the faster layout for oneDNN's and cuDNN's convolutions, e.g. a convolutional stem."
+        },
+    )
     num_workers: int = 4
     logging_steps: int = 50
     synchronize_timing: bool = field(

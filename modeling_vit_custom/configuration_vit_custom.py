@@ -115,8 +115,11 @@ class ViTCustomConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.pooling = pooling
         self.conv_stem_depth = conv_stem_depth
-        self.conv_stem_channels = None if conv_stem_channels is None else list(conv_stem_channels)
-        self.conv_stem_strides = None if conv_stem_strides is None else list(conv_stem_strides)
+        # Tuples become lists (as config.json gives them back); anything else is left for _validate to name.
+        self.conv_stem_channels = (
+            list(conv_stem_channels) if isinstance(conv_stem_channels, tuple) else conv_stem_channels
+        )
+        self.conv_stem_strides = list(conv_stem_strides) if isinstance(conv_stem_strides, tuple) else conv_stem_strides
         self._validate()
 
     @property
@@ -185,7 +188,11 @@ class ViTCustomConfig(PretrainedConfig):
             if values is None:
                 continue
             valid = (lambda v: v in (1, 2)) if name == "conv_stem_strides" else (lambda v: v > 0)
-            if not values or any(isinstance(v, bool) or not isinstance(v, int) or not valid(v) for v in values):
+            if (
+                not isinstance(values, list)
+                or not values
+                or any(isinstance(v, bool) or not isinstance(v, int) or not valid(v) for v in values)
+            ):
                 raise ValueError(f"ViTCustomConfig.{name}: expected a non-empty list of {allowed}, got {values!r}")
             if depth and len(values) != depth:
                 raise ValueError(

@@ -74,6 +74,7 @@ CONFIG_ERRORS = [
     ({"conv_stem_channels": [8, 16, 32], "conv_stem_depth": 2}, "conv_stem_channels"),  # 3 widths for 2 convs
     ({"conv_stem_channels": [8, 0, 32]}, "conv_stem_channels"),
     ({"conv_stem_channels": []}, "conv_stem_channels"),
+    ({"conv_stem_channels": 32}, "conv_stem_channels"),
     ({"conv_stem_strides": [2, 3, 2]}, "conv_stem_strides"),
     ({"conv_stem_strides": [1, 2, 2, 2], "conv_stem_channels": [8, 16, 32]}, "conv_stem_strides"),
     *[({name: value}, name) for name in SIZE_FIELDS for value in (0, -8)],

@@ -59,12 +59,12 @@ def model_only_images_per_s(argv: list[str], num_classes: int, steps: int, warmu
     batch held in memory (already normalized), in this process with torch's current threads."""
     model_args, _, _, args = parse_args((ModelArguments, DataArguments, AugmentArguments, TrainingArguments), argv)
     model, settings = build_model(model_args, [str(i) for i in range(num_classes)])
-    model.to(memory_format=memory_format(args.channels_last)).train()
+    layout = memory_format(args.channels_last)
+    model.to(memory_format=layout).train()
     optimizer = create_optimizer(model, args, args.learning_rate)
     batch = args.per_device_train_batch_size
-    pixel_values = torch.randn(batch, settings.num_channels, settings.image_size, settings.image_size).contiguous(
-        memory_format=memory_format(args.channels_last)
-    )
+    pixel_values = torch.randn(batch, settings.num_channels, settings.image_size, settings.image_size)
+    pixel_values = pixel_values.contiguous(memory_format=layout)
     labels = torch.randint(0, num_classes, (batch,))
 
     def step():

@@ -37,7 +37,7 @@ def enable_fsdp_on_cpu(accelerator: Accelerator) -> bool:
     return True
 
 
-def check_fsdp_arguments(streaming: bool, model: str, channels_last: bool = False):
+def check_fsdp_arguments(streaming: bool, model: str, channels_last: bool):
     """Refuses what FSDP cannot run here, before any data is read: a stream (its validation shards are uneven, and
     under FSDP every forward pass is a collective that all processes must run), timm's model (its blocks are not
     the config's `ViTCustomLayer` units, and its saved folder would hold a process's shards) and channels-last

@@ -123,6 +123,21 @@ def test_bad_settings_are_refused_before_any_data_is_read(tmp_path, flags, messa
     assert not (tmp_path / "run").exists()
 
 
+def test_torch_compile_without_a_cxx_compiler_is_refused_before_any_data_is_read(tmp_path, monkeypatch):
+    """Inductor would fail at the first training step, after the data is decoded; the run stops at the flag."""
+    monkeypatch.setenv("CXX", "no-such-compiler++")
+    missing = tmp_path / "no_such_folder"
+    command = [sys.executable, str(ROOT / "scripts/train.py"), "--train_dir", str(missing), "--validation_dir",
+               str(missing), "--output_dir", str(tmp_path / "run"), "--report_to", "none"]  # fmt: skip
+    result = fails([*command, "--torch_compile"], timeout=120)
+    assert "--torch_compile: torch.compile's inductor builds its kernels with a C++ compiler and found none" in (
+        result.stderr
+    )
+    assert "CXX='no-such-compiler++'" in result.stderr
+    assert "no_such_folder" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_data_problems_are_named(image_folders, tmp_path):
     missing = tmp_path / "missing"
     result = fails(train_command((missing, image_folders[1]), tmp_path / "a"))

@@ -4,6 +4,7 @@ Nothing heavy is imported here, so `scripts/train.py --help` answers before torc
 
 import dataclasses
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -109,7 +110,10 @@ class TrainingArguments:
     mixed_precision: str | None = field(
         default=None, metadata={"help": "no | bf16 | fp16; default bf16 on GPU, no on CPU."}
     )
-    torch_compile: bool = False
+    torch_compile: bool = field(
+        default=False,
+        metadata={"help": "torch.compile the model in place (inductor: needs a C++ compiler, $CXX or g++)."},
+    )
     gradient_checkpointing: bool = False
     channels_last: bool = field(
         default=False,
@@ -272,3 +276,15 @@ def check_environment(args: TrainingArguments) -> None:
             f"--push_to_hub: HF_HUB_OFFLINE is set, so the upload to {args.hub_model_id!r} would fail after training; "
             "unset it, or train without --push_to_hub and run scripts/push_to_hub.py later"
         )
+    if args.torch_compile:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        from torch._inductor.exc import InvalidCxxCompiler
+
+        try:
+            get_cpp_compiler()
+        except InvalidCxxCompiler:
+            raise ValueError(
+                "--torch_compile: torch.compile's inductor builds its kernels with a C++ compiler and found none "
+                f"(it runs $CXX, else g++; CXX={os.environ.get('CXX')!r}); install one (Debian: apt-get install g++) "
+                "or train without --torch_compile"
+            ) from None

@@ -414,6 +414,8 @@ def main(argv: list[str] | None = None):
     bad_images, seen_images, trained_images, result = 0, 0, 0, None
     log_start, log_images, start_time = time.perf_counter(), 0, time.perf_counter()
     timer = PhaseTimer(accelerator.device, args.synchronize_timing)
+    # Under --torch_compile the first training step and the first evaluation compile their graphs: timed apart.
+    compile_train, compile_eval = args.torch_compile, args.torch_compile
     model.train()
     for epoch in range(start_epoch, num_epochs):
         if global_step >= max_train_steps:  # resumed at the last step
@@ -440,9 +442,10 @@ def main(argv: list[str] | None = None):
                 elif aug_args.label_smoothing > 0:
                     labels = smooth_labels(labels, num_classes, aug_args.label_smoothing)
             with accelerator.accumulate(model):
-                with timer("forward_backward"):
+                with timer("compile" if compile_train else "forward_backward"):
                     loss = classification_loss(logits_of(model, pixel_values), labels, multi_label)
                     accelerator.backward(loss)
+                compile_train = False
                 with timer("optimizer"):
                     if accelerator.sync_gradients and args.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -494,8 +497,9 @@ def main(argv: list[str] | None = None):
                     )
                     step_losses, log_start, log_images = [], time.perf_counter(), 0
             if at_eval:
-                with timer("evaluation"):
+                with timer("compile" if compile_eval else "evaluation"):
                     evaluate_and_keep_best(global_step / epoch_steps)
+                compile_eval = False
                 model.train()
             if at_checkpoint:
                 with timer("checkpoint"):
@@ -516,8 +520,9 @@ def main(argv: list[str] | None = None):
                 "scripts/prepare_dataset.py) in a number that is a multiple of processes x workers"
             )
         check_finite()
-        with timer("evaluation"):
+        with timer("compile" if compile_eval else "evaluation"):
             result = evaluate_and_keep_best(global_step / epoch_steps)
+        compile_eval = False
         model.train()
         # An epoch cut short by max_train_steps is checkpointed where it stopped, so that extending continues there.
         epoch_done = batches_in_epoch >= num_batches

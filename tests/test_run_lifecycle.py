@@ -285,6 +285,10 @@ def test_torch_compile_trains_saves_and_resumes_like_eager(image_folders, tmp_pa
     run(train_command(image_folders, compiled, *args, "--torch_compile"))
     eager_losses = [e["loss"] for e in events(eager, "train")]
     assert [e["loss"] for e in events(compiled, "train")] == pytest.approx(eager_losses, rel=1e-4)
+    # The first step's and the first evaluation's compilation is timed apart from the steps that follow it.
+    seconds = events(compiled, "summary")[0]["phase_seconds"]
+    assert seconds["compile"] > 5 * seconds["forward_backward"] > 0
+    assert events(eager, "summary")[0]["phase_seconds"]["compile"] == 0
     for folder in ("best", "final"):
         weights = load_file(compiled / folder / "model.safetensors")
         assert not any("_orig_mod" in name for name in weights)

@@ -42,6 +42,7 @@ def test_single_process_run_writes_everything(single_run):
     assert summary["total_steps"] == 12 and summary["final_eval_top1"] == eval_events[-1]["eval_top1"]
     # Where the time went: every phase of the loop, adding up to (nearly all of) the run's time after set-up.
     seconds = summary["phase_seconds"]
+    assert seconds.pop("compile") == 0  # an eager run compiles nothing
     assert set(seconds) == {"data", "augment", "forward_backward", "optimizer", "logging", "evaluation", "checkpoint"}
     assert all(value > 0 for value in seconds.values()) and summary["train_images"] == 12 * 8
     assert 0.8 * summary["train_runtime_s"] < sum(seconds.values()) <= summary["train_runtime_s"]

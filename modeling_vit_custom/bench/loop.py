@@ -56,11 +56,14 @@ def recipe_argv(name: str, data_root: Path | None) -> list[str]:
 
 def model_only_images_per_s(argv: list[str], num_classes: int, steps: int, warmup: int = 3) -> tuple[float, int]:
     """Images/s of the recipe's model doing forward, the loop's loss, backward and the loop's optimizer step on one
-    batch held in memory (already normalized), in this process with torch's current threads."""
+    batch held in memory (already normalized), in this process with torch's current threads; compiled first if the
+    recipe says --torch_compile."""
     model_args, _, _, args = parse_args((ModelArguments, DataArguments, AugmentArguments, TrainingArguments), argv)
     model, settings = build_model(model_args, [str(i) for i in range(num_classes)])
     layout = memory_format(args.channels_last)
     model.to(memory_format=layout).train()
+    if args.torch_compile:  # as train.py: in place; the warm-up steps compile it
+        model.compile()
     optimizer = create_optimizer(model, args, args.learning_rate)
     batch = args.per_device_train_batch_size
     pixel_values = torch.randn(batch, settings.num_channels, settings.image_size, settings.image_size)
@@ -98,6 +101,7 @@ def run_loop(argv: list[str], output_dir: Path, num_threads: int, max_train_step
     return {
         "wall_s": wall,
         "summary": record.summary,
+        "compiled": record.config["torch_compile"],
         "in_memory": "Data decoded once into memory" in result.stderr,
     }
 
@@ -119,7 +123,9 @@ def loop_efficiency(recipes: list[str], num_threads: int, max_train_steps: dict[
             summary = loop["summary"]
             seconds = summary.phase_seconds
             step_seconds = sum(seconds[phase] for phase in STEP_PHASES)
-            loop_images_per_s = summary.train_images / step_seconds
+            # A compiled run's first step is timed as "compile": its batch is not in the steps' seconds either.
+            loop_images = summary.train_images - (batch_size if loop["compiled"] else 0)
+            loop_images_per_s = loop_images / step_seconds
             model_images_per_s = (before + after) / 2
             rows.append(
                 {
@@ -144,8 +150,8 @@ def format_loop_efficiency(result: dict) -> str:
     lines = [
         "| recipe | batch | data path | images | model-only img/s | loop img/s | loop / model | "
         + " | ".join(STEP_PHASES)
-        + " | evaluation s | checkpoint s | wall s |",
-        "|---|---:|---|---:|---:|---:|---:|" + "---:|" * len(STEP_PHASES) + "---:|---:|---:|",
+        + " | compile s | evaluation s | checkpoint s | wall s |",
+        "|---|---:|---|---:|---:|---:|---:|" + "---:|" * len(STEP_PHASES) + "---:|---:|---:|---:|",
     ]
     for row in result["rows"]:
         seconds = row["phase_seconds"]
@@ -155,13 +161,14 @@ def format_loop_efficiency(result: dict) -> str:
             f"| {row['recipe']} | {row['batch_size']} | {'in memory' if row['in_memory'] else 'workers'} | "
             f"{row['train_images']} | "
             f"{row['model_only_images_per_s']:.4g} | {row['loop_images_per_s']:.4g} | {row['ratio']:.3f} | {shares} | "
-            f"{seconds['evaluation']:.2f} | {seconds['checkpoint']:.2f} | {row['wall_s']:.0f} |"
+            + " | ".join(f"{seconds[phase]:.2f}" for phase in ("compile", "evaluation", "checkpoint"))
+            + f" | {row['wall_s']:.0f} |"
         )
     lines.append("")
     lines.append(
         f"{result['num_threads']} torch threads for both. Model-only: forward, loss, backward and AdamW step on one "
         "batch in memory (the mean of a measurement before and one after the run). Loop: the run's training images "
-        "over the seconds of its training steps (evaluation and checkpoints excluded, listed apart)."
+        "over the seconds of its training steps (compilation, evaluation and checkpoints excluded, listed apart)."
     )
     lines.append("Machine: " + ", ".join(f"{k}: {v}" for k, v in result["machine"].items()))
     return "\n".join(lines)

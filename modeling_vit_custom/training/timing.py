@@ -6,10 +6,12 @@ from contextlib import contextmanager
 
 import torch
 
-# The phases of a step, then those between steps. "data" is the wait for the loader's next batch (with the in-memory
-# path, its crops and flips); "augment" turns it into the model's input (normalization, erasing, mixup, smoothing).
+# The phases of a step, then those outside the steps. "data" is the wait for the loader's next batch (with the
+# in-memory path, its crops and flips); "augment" turns it into the model's input (normalization, erasing, mixup,
+# smoothing). "compile" is, under --torch_compile, the forward and backward of the first training step and the first
+# evaluation, which compile their graphs (and run once).
 STEP_PHASES = ("data", "augment", "forward_backward", "optimizer", "logging")
-PHASES = (*STEP_PHASES, "evaluation", "checkpoint")
+PHASES = (*STEP_PHASES, "compile", "evaluation", "checkpoint")
 
 
 class PhaseTimer:
@@ -51,5 +53,5 @@ class PhaseTimer:
             yield batch
 
     def step_seconds(self) -> float:
-        """The seconds spent in training steps (everything but evaluation and checkpoints)."""
+        """The seconds spent in training steps (everything but compilation, evaluation and checkpoints)."""
         return sum(self.seconds[phase] for phase in STEP_PHASES)

@@ -9,7 +9,8 @@ import evaluate
 import numpy as np
 import pytest
 import torch
-from launch import CLASSES, ROOT, environment, events, run, train_command, write_multi_label_split
+from huggingface_hub import ModelCard
+from launch import CLASSES, ROOT, environment, events, run, train_command, write_multi_label_split, write_split
 
 from modeling_vit_custom.data.arguments import AugmentArguments, DataArguments
 from modeling_vit_custom.data.sources import load_datasets
@@ -105,6 +106,25 @@ def test_evaluate_model_measures_the_saved_model_as_training_did(multi_label_run
         assert result[key] == pytest.approx(last[key], abs=1e-6), key
 
 
+def test_int8_measurement_compares_every_class_decision_and_counts_no_top1(multi_label_run, tmp_path):
+    """Folder names that are the model's labels would give a top-1 to a single-label model, not to a multi-label one:
+    an image there has a set of labels. Agreement with fp32 is over every (image, class) decision."""
+    write_split(tmp_path / "val", [2, 2, 2], seed=3)
+    output = tmp_path / "model.int8.onnx"
+    result = run([sys.executable, str(ROOT / "scripts/export.py"), str(multi_label_run / "final"), "--format", "onnx",
+                  "--int8", "--output", str(output), "--measure", str(tmp_path / "val"),
+                  "--batch_size", "4"])  # fmt: skip
+    lines = result.stdout.splitlines()
+    assert lines[0] == (
+        "| file | MB | images/s | speed-up | top-1 | per-class (p > 0.5) agreement with fp32 | max abs logit diff |"
+    )
+    fp32_row, int8_row = lines[2].split("|"), lines[3].split("|")
+    assert fp32_row[5].strip() == int8_row[5].strip() == "n/a" and fp32_row[6].strip() == "100.00%"
+    # 6 images x 3 classes: the int8 file's agreement is a multiple of 1/18.
+    agreement = float(int8_row[6].strip().rstrip("%")) / 100
+    assert round(agreement * 18, 2) == round(agreement * 18) and "6 images." in result.stdout
+
+
 def test_mixing_and_smoothing_are_refused_by_flag():
     check_multi_label_augmentation(AugmentArguments())
     with pytest.raises(ValueError, match=r"--mixup 0.8, --label_smoothing 0.1: expected 0 for a multi-label dataset"):
@@ -127,6 +147,18 @@ def test_map_and_f1_match_their_definitions():
 def test_hub_folder_verifies_the_pipeline_sigmoid_scores(multi_label_run, tmp_path):
     """push_to_hub.py's clean-process check compares the pipeline's top score with sigmoid(logits) for this model."""
     run([sys.executable, str(ROOT / "scripts/push_to_hub.py"), str(multi_label_run / "final"),
-         "--output_dir", str(tmp_path / "hub"), "--model_name", "someone/multi-label"])  # fmt: skip
+         "--run_dir", str(multi_label_run), "--output_dir", str(tmp_path / "hub"),
+         "--model_name", "someone/multi-label"])  # fmt: skip
     config = json.loads((tmp_path / "hub" / "config.json").read_text())
     assert config["problem_type"] == "multi_label_classification"
+    # The card reports the run's last mAP and F1, in its text and in its model-index metadata.
+    last = events(multi_label_run, "eval")[-1]
+    card = ModelCard.load(tmp_path / "hub" / "README.md")
+    results = {r.metric_type: (r.metric_name, r.metric_value) for r in card.data.eval_results}
+    assert results == {"map": ("mAP", round(last["eval_map"], 4)), "f1": ("F1 at 0.5", round(last["eval_f1"], 4))}
+    assert card.data.metrics == ["f1", "map"]
+    row = f"| final | {last['step']} | {100 * last['eval_map']:.2f}% | {100 * last['eval_f1']:.2f}% | 45 |"
+    assert "| Checkpoint | Step | mAP | F1 at 0.5 | Evaluation images |" in card.text and row in card.text
+    reached = f"It reaches **{100 * last['eval_map']:.2f}% mAP** and **{100 * last['eval_f1']:.2f}% F1 at 0.5** on"
+    assert reached in card.text
+    assert "No evaluation was recorded" not in card.text and "accuracy" not in card.text.split("## Results")[1]

@@ -4,6 +4,7 @@ the timm comparison, none of it invented."""
 import json
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import jinja2
 import jinja2.meta
@@ -106,7 +107,7 @@ def card_context(
         license=license,
         datasets=[hub_dataset] if hub_dataset and _looks_like_hub_dataset(hub_dataset) else None,
         tags=tags,
-        metrics=["accuracy"] if eval_results else None,
+        metrics=sorted({metric.type for metric in context["metrics"]}) or None,
         model_name=name,
         eval_results=eval_results,
     )
@@ -302,17 +303,30 @@ def _overrides(config: dict) -> str:
     return ""
 
 
-def _metrics(result: dict | None, num_labels: int) -> list[tuple[str, str, str, float]]:
-    """(metric type, name, formatted, value) of top-k accuracy for each k smaller than the number of labels (top-5 of
-    5 classes or fewer is always right and says nothing)."""
+class Metric(NamedTuple):
+    """One evaluation value of the card: its `model-index` type and name, its column in the results table."""
+
+    type: str
+    name: str
+    column: str
+    value: float
+
+    @property
+    def formatted(self) -> str:
+        return _percent(self.value)
+
+
+def _metrics(result: dict | None, num_labels: int) -> list[Metric]:
+    """What the evaluation measured: mAP and F1 at 0.5 for a multi-label run; otherwise top-k accuracy for each k
+    smaller than the number of labels (top-5 of 5 classes or fewer is always right and says nothing)."""
     if result is None:
         return []
-    measured = [("accuracy", "Top-1", 1, result["top1"]), ("top_5_accuracy", "Top-5", 5, result["top5"])]
-    return [
-        (metric_type, name, _percent(value), value)
-        for metric_type, name, k, value in measured
-        if k < num_labels and value is not None
-    ]
+    if result.get("map") is not None:
+        measured = [Metric("map", "mAP", "mAP", result["map"]), Metric("f1", "F1 at 0.5", "F1 at 0.5", result["f1"])]
+        return [metric for metric in measured if metric.value is not None]
+    measured = [(1, Metric("accuracy", "Top-1 accuracy", "Top-1", result["top1"])),
+                (5, Metric("top_5_accuracy", "Top-5 accuracy", "Top-5", result["top5"]))]  # fmt: skip
+    return [metric for k, metric in measured if k < num_labels and metric.value is not None]
 
 
 def _eval_results(run: RunRecord | None, context: dict) -> list[EvalResult] | None:
@@ -325,11 +339,11 @@ def _eval_results(run: RunRecord | None, context: dict) -> list[EvalResult] | No
             task_name="Image Classification",
             dataset_type=dataset_type,
             dataset_name=context["dataset"],
-            metric_type=metric_type,
-            metric_name=f"{name} accuracy",
-            metric_value=round(value, 4),
+            metric_type=metric.type,
+            metric_name=metric.name,
+            metric_value=round(metric.value, 4),
         )
-        for metric_type, name, _, value in context["metrics"]
+        for metric in context["metrics"]
     ]
 
 

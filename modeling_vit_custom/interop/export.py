@@ -217,6 +217,7 @@ def measure_int8(
     paths = find_images(patterns, flag="measure")
     model, processor = load_classifier(model_dir, flag="model_dir")
     label2id = {label: int(index) for index, label in model.config.id2label.items()}
+    multi_label = model.config.problem_type == "multi_label_classification"
     batches, labels = [], []
     for indices, pixel_values, errors in DataLoader(ImageFiles(paths, processor), batch_size, collate_fn=collate):
         for index, error in errors:
@@ -241,26 +242,35 @@ def measure_int8(
                 "file": name,
                 "megabytes": path.stat().st_size / 2**20,
                 "images_per_s": len(labels) / statistics.median(times),
-                "top1": (float(np.mean(logits.argmax(-1) == np.array(labels))) if None not in labels else None),
+                "top1": (
+                    float(np.mean(logits.argmax(-1) == np.array(labels)))
+                    if None not in labels and not multi_label
+                    else None
+                ),
                 "logits": logits,
             }
         )
+    def decisions(logits: np.ndarray) -> np.ndarray:
+        return logits > 0 if multi_label else logits.argmax(-1)
+
     reference = rows[0].pop("logits")
     for row in rows[1:]:
         logits = row.pop("logits")
-        row["agreement"] = float(np.mean(logits.argmax(-1) == reference.argmax(-1)))
+        row["agreement"] = float(np.mean(decisions(logits) == decisions(reference)))
         row["max_abs_diff"] = float(np.abs(logits - reference).max())
     rows[0].update(agreement=1.0, max_abs_diff=0.0)
     for row in rows:
         row["speedup"] = row["images_per_s"] / rows[0]["images_per_s"]
         row["images"] = len(labels)
+        row["agreement_of"] = "per-class (p > 0.5)" if multi_label else "top-1"
     return rows
 
 
 def format_measurement(rows: list[dict]) -> str:
     """The measurement as a Markdown table."""
+    agreement = f"{rows[0]['agreement_of']} agreement with fp32"
     lines = [
-        "| file | MB | images/s | speed-up | top-1 | top-1 agreement with fp32 | max abs logit diff |",
+        f"| file | MB | images/s | speed-up | top-1 | {agreement} | max abs logit diff |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:

@@ -94,6 +94,8 @@ class RunRecord:
                 "step": summary.best_step,
                 "top1": _first(summary.best_eval_top1, match.get("eval_top1")),
                 "top5": match.get("eval_top5"),
+                "map": _first(summary.best_eval_map, match.get("eval_map")),
+                "f1": match.get("eval_f1"),
                 "samples": match.get("eval_samples"),
             }
         last = self.evals[-1] if self.evals else {}
@@ -102,6 +104,8 @@ class RunRecord:
             "step": _first(summary.total_steps, last.get("step")),
             "top1": _first(summary.final_eval_top1, last.get("eval_top1")),
             "top5": _first(summary.final_eval_top5, last.get("eval_top5")),
+            "map": _first(summary.final_eval_map, last.get("eval_map")),
+            "f1": _first(summary.final_eval_f1, last.get("eval_f1")),
             "samples": last.get("eval_samples"),
         }
 

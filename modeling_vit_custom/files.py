@@ -1,5 +1,5 @@
-"""Files and folders written whole or not at all (write, then rename), and JSON files read back with errors that
-name them."""
+"""Files and folders written whole or not at all (write, then rename), JSON files read back with errors that name
+them, and what a saved model folder holds."""
 
 import json
 import os
@@ -91,6 +91,30 @@ def read_json(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def is_timm_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` is a folder that timm's `save_for_hf` wrote (a `--model timm:<name>` run's best/ or final/):
+    its config.json names a timm `architecture` and no transformers `model_type`."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
+    fields = read_json(config)
+    return "architecture" in fields and "model_type" not in fields
+
+
+def check_model_folder(model_dir: Path, label: str, files: tuple[str, ...] = ("config.json",)) -> None:
+    """Refuses, naming `label` (the flag or argument), what is not a saved vit-custom model folder with `files`: a
+    missing file, or a timm run's folder, with the command that converts it."""
+    for name in files:
+        if not (model_dir / name).is_file():
+            raise FileNotFoundError(f"{label}: expected a saved model folder with {name}, got {model_dir}")
+    if is_timm_folder(model_dir):
+        raise ValueError(
+            f"{label}: expected a vit-custom model folder, got a timm one, {model_dir} (a `--model timm:<name>` "
+            f"run's): convert it first with `python scripts/convert_timm.py --timm_model local-dir:{model_dir} "
+            "--pretrained --output_dir DIR` (scripts/evaluate_model.py reads it as it is)"
+        )
 
 
 def weight_files(model_dir: Path) -> list[Path]:

@@ -216,7 +216,8 @@ def test_streaming_run_counts_every_evaluation_sample(image_folders, tmp_path):
 @pytest.mark.slow
 def test_timm_run_saves_class_names_and_evaluates_from_its_folder(image_folders, tmp_path):
     """A `--model timm:<name>` run's final/ records the class names and evaluates through evaluate_model.py, as a
-    folder (timm's local-dir) and as `--model timm:<name> --checkpoint`, with the numbers the run logged."""
+    folder (timm's local-dir), as `--model timm:<name> --checkpoint` and converted to our architecture, with the
+    numbers the run logged. Tools that take only our folders (predict.py) refuse it by name, with that conversion."""
     out = tmp_path / "run"
     run(train_command(image_folders, out, "--model", "timm:vit_tiny_patch16_224", "--max_train_steps", "2",
                       "--max_eval_samples", "16"))  # fmt: skip
@@ -228,7 +229,18 @@ def test_timm_run_saves_class_names_and_evaluates_from_its_folder(image_folders,
     routes = {
         "folder": ["--model_name_or_path", str(out / "final")],
         "checkpoint": ["--model", "timm:vit_tiny_patch16_224", "--checkpoint", str(out / "final/model.safetensors")],
+        "converted": ["--model_name_or_path", str(tmp_path / "converted")],
     }
+    refused = subprocess.run([sys.executable, str(ROOT / "scripts/predict.py"), "--model", str(out / "final"),
+                              "--output", str(tmp_path / "preds.jsonl"), str(image_folders[1])],
+                             env=environment(), capture_output=True, text=True)  # fmt: skip
+    conversion = f"python scripts/convert_timm.py --timm_model local-dir:{out / 'final'} --pretrained --output_dir DIR"
+    assert refused.returncode != 0 and "--model: expected a vit-custom model folder, got a timm one" in refused.stderr
+    assert conversion in refused.stderr and not (tmp_path / "preds.jsonl").exists()
+    run([sys.executable, str(ROOT / "scripts/convert_timm.py"), "--timm_model", f"local-dir:{out / 'final'}",
+         "--pretrained", "--output_dir", str(tmp_path / "converted")])  # fmt: skip
+    converted = json.loads((tmp_path / "converted" / "config.json").read_text())
+    assert converted["id2label"] == {"0": "blue", "1": "green", "2": "red"}
     for name, model in routes.items():
         json_path = tmp_path / f"{name}.json"
         run([sys.executable, str(ROOT / "scripts/evaluate_model.py"), *model, *data, "--output_json", str(json_path)])

@@ -7,6 +7,8 @@ import torch
 from transformers import AutoImageProcessor
 from transformers.image_utils import load_image
 
+from ..files import check_model_folder
+
 # What a folder given on the command line is searched for (a file named directly is read whatever its suffix).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -42,9 +44,7 @@ def load_classifier(model_dir: str | Path, flag: str = "model", image_size: int 
     from .. import ViTCustomForImageClassification
 
     model_dir = Path(model_dir)
-    for name in ("config.json", "preprocessor_config.json"):
-        if not (model_dir / name).is_file():
-            raise FileNotFoundError(f"--{flag}: expected a saved model folder with {name}, got {model_dir}")
+    check_model_folder(model_dir, f"--{flag}", ("config.json", "preprocessor_config.json"))
     model = ViTCustomForImageClassification.from_pretrained(model_dir).eval()
     overrides = {} if image_size is None else {"size": {"shortest_edge": image_size}}
     processor = AutoImageProcessor.from_pretrained(model_dir, **overrides)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..files import replacing
+from ..files import check_model_folder, replacing
 
 logger = logging.getLogger(__name__)
 
@@ -174,8 +174,7 @@ def export_model(
     if measure and fmt != "onnx":
         raise ValueError(f"--measure: expected --format onnx (it compares fp32 and int8 ONNX files), got {fmt}")
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"model_dir: expected a saved model folder with config.json, got {model_dir}")
+    check_model_folder(model_dir, "model_dir")
     model = ViTCustomForImageClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
     wrapper = LogitsOnly(model).eval()
     report = {}
@@ -250,6 +249,7 @@ def measure_int8(
                 "logits": logits,
             }
         )
+
     def decisions(logits: np.ndarray) -> np.ndarray:
         return logits > 0 if multi_label else logits.argmax(-1)
 

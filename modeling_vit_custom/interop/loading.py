@@ -1,26 +1,14 @@
 """Any model folder a user evaluates (ours, a `--model timm:` run's, one converted from timm or transformers) or a
 timm model, with the preprocessing it expects, and the split as that model numbers its classes."""
 
-from pathlib import Path
-
 from torch import nn
 
 from .. import ViTCustomForImageClassification
-from ..files import read_json
+from ..files import is_timm_folder
 from ..image_processing import PreprocessSettings
 from ..training.arguments import ModelArguments
 from ..training.models import class_names_of, num_classes_of
 from .timm_conversion import build_timm_model
-
-
-def is_timm_folder(path: str) -> bool:
-    """Whether `path` is a folder that timm's `save_for_hf` wrote (a `--model timm:<name>` run's best/ or final/):
-    its config.json names a timm `architecture` and no transformers `model_type`."""
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        return False
-    fields = read_json(config)
-    return "architecture" in fields and "model_type" not in fields
 
 
 def load_for_evaluation(args: ModelArguments, checkpoint: str | None) -> tuple[nn.Module, PreprocessSettings]:

@@ -17,7 +17,7 @@ from torch import nn
 from .. import ViTCustomConfig, ViTCustomForImageClassification
 from ..files import check_output_folder, replacing
 from ..image_processing import PreprocessSettings
-from ..training.models import logits_of
+from ..training.models import class_names_of, logits_of
 
 logger = logging.getLogger(__name__)
 
@@ -247,8 +247,12 @@ def ours_to_timm_state_dict(state_dict: dict, config: ViTCustomConfig) -> dict:
     return {key: value.detach().clone() for key, value in timm_sd.items()}
 
 
-def _imagenet_labels(num_classes: int, model: nn.Module | None) -> dict:
-    """id2label from timm's bundled ImageNet class descriptions when the head is an ImageNet head, else {}."""
+def _source_labels(num_classes: int, model: nn.Module | None) -> dict:
+    """id2label of the source's head: the class names its pretrained config records (a `--model timm:` run's folder,
+    loaded as `local-dir:`), else timm's bundled ImageNet class descriptions for an ImageNet head, else {}."""
+    names = class_names_of(model) if model is not None else None
+    if names is not None and len(names) == num_classes:
+        return dict(enumerate(names))
     subset = infer_imagenet_subset(model) if model is not None else None
     if subset is None:
         return {}
@@ -301,7 +305,7 @@ def from_timm(
         if num_labels == 0:
             raise ValueError("from_timm: the source has no classification head; expected num_labels, got None")
     if num_labels == source_classes and "id2label" not in config_kwargs:
-        labels = _imagenet_labels(num_labels, model)
+        labels = _source_labels(num_labels, model)
         if labels:
             config_kwargs["id2label"] = labels
     if "id2label" not in config_kwargs:

@@ -28,10 +28,10 @@ def num_classes_of(model: nn.Module) -> int:
 
 def class_names_of(model: nn.Module) -> list[str] | None:
     """The class names in the model's order: our config's id2label, or the label_names timm keeps in its pretrained
-    config (None when it has none)."""
+    config (None when it has none, or no pretrained config: a timm model built from its class)."""
     if hasattr(model, "config"):
         return [model.config.id2label[i] for i in range(model.config.num_labels)]
-    names = model.pretrained_cfg.get("label_names")
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
     return list(names) if isinstance(names, (list, tuple)) else None
 
 

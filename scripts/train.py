@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None):
         smooth_labels,
     )
     from modeling_vit_custom.training.checkpoints import (
+        check_same_optimizer,
         read_training_state,
         resolve_checkpoint,
         resume_batches,
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None):
     enable_fsdp_on_cpu(accelerator)
     fsdp = accelerator.is_fsdp2
     if fsdp:
-        check_fsdp_arguments(data_args.streaming, model_args.model, args.channels_last)
+        check_fsdp_arguments(data_args.streaming, model_args.model, args.channels_last, args.optim)
     setup_logging(timestamps=True)
     # Every process draws its own dropout, drop-path, mixup / cutmix and erasing randomness (DeiT seeds seed + rank);
     # each sample's augmentation is seeded by (seed, epoch, index) whatever the process.
@@ -287,7 +288,9 @@ def main(argv: list[str] | None = None):
                 "out per process, so the "
                 "samples would differ: resume on the same number of processes"
             )
-        # Refused before the weights load: another global batch, or a position this process count cannot reach.
+        # Refused before the weights load: another optimizer, another global batch, or a position this process
+        # count cannot reach.
+        check_same_optimizer(state, args.optim)
         skip_batches = resume_batches(
             state, args.per_device_train_batch_size, accelerator.num_processes, global_batch_size
         )
@@ -383,6 +386,7 @@ def main(argv: list[str] | None = None):
             "samples_in_epoch": batches_in_epoch * args.per_device_train_batch_size * accelerator.num_processes,
             "global_batch_size": global_batch_size,
             "num_processes": accelerator.num_processes,
+            "optim": args.optim,
             "max_train_steps": max_train_steps,
             "best_score": best_score,
             "best_step": best_step,

@@ -108,6 +108,7 @@ def test_fsdp_matches_ddp_and_resumes_where_it_stopped(fsdp_run, image_folders, 
         # Under FSDP every forward pass is a collective, and a stream's evaluation shards are uneven.
         ("--streaming", "--streaming with FSDP: expected a table, got a stream"),
         ("--channels_last", "--channels_last with FSDP: expected it off, got on"),
+        ("--optim=muon", "--optim with FSDP: expected adamw, got 'muon'"),
     ],
 )
 def test_fsdp_refuses_what_it_cannot_run_before_reading_data(image_folders, tmp_path, flag, message):

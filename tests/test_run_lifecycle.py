@@ -110,6 +110,7 @@ def test_an_output_dir_holding_a_run_is_refused_unless_resumed_or_overwritten(im
         (["--report_to", "tensorbord"], "--report_to: expected one of"),
         (["--resume_from_checkpoint", "latest"], "--resume_from_checkpoint latest: no complete checkpoint"),
         (["--model", "timm"], "--model: expected 'vit_custom' or 'timm:<name>', got 'timm'"),
+        (["--optim", "sgd"], "--optim: expected adamw or muon, got 'sgd'"),
     ],
 )
 def test_bad_settings_are_refused_before_any_data_is_read(tmp_path, flags, message):
@@ -238,12 +239,18 @@ def test_resume_on_another_process_count_continues_the_same_global_order(image_f
     assert lr_by_step(resumed) == {step: lr for step, lr in lr_by_step(reference).items() if step > 4}
 
 
-def test_resume_at_another_global_batch_is_refused_saying_what_would_differ(image_folders, tmp_path):
+def test_resume_at_another_global_batch_or_with_another_optimizer_is_refused_saying_what_differs(
+    image_folders, tmp_path
+):
     out = tmp_path / "run"
     run(train_command(image_folders, out, "--per_device_train_batch_size", "8", "--max_train_steps", "2"))
     result = fails(train_command(image_folders, out, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"))
     assert "the checkpoint was trained at global batch 8 (1 processes), this run's is 4" in result.stderr
     assert "the learning rate, the schedule and the samples of each step would differ" in result.stderr
+    resume = ("--per_device_train_batch_size", "8", "--max_train_steps", "4", "--resume_from_checkpoint", "latest")
+    result = fails(train_command(image_folders, out, *resume, "--optim", "muon"))
+    refusal = "--optim muon: the checkpoint was trained with adamw, whose state this optimizer cannot continue"
+    assert refusal in result.stderr and "resume with --optim adamw" in result.stderr
     assert len(events(out, "summary")) == 1
 
 

@@ -266,15 +266,19 @@ def recipe(config: dict, parameters: int, dataset: str) -> list[tuple[str, str]]
     schedule = f"{get('lr_scheduler_type', 'cosine')}, {get('num_warmup_steps', 0)} warm-up steps"
     if get("warmup_epochs"):
         schedule += f" + {get('warmup_epochs'):g} warm-up epochs"
+    optimiser = "AdamW"
+    if get("optim") == "muon":
+        optimiser = f"Muon at {get('muon_lr_scale'):g}x the rate for the hidden layers' weights, AdamW for the rest"
     rows = [
         ("Model", f"{_format_number(parameters)} parameters" + _overrides(config)),
         ("Data", f"{dataset}; evaluated on {evaluation_split(config)}"),
         ("Augmentation", ", ".join(augmentation)),
         (
             "Optimiser",
-            f"AdamW, learning rate {get('learning_rate'):g} per 512 images ({get('effective_learning_rate', 0):.3g} "
-            f"at this batch), betas ({get('adam_beta1'):g}, {get('adam_beta2'):g}), weight decay "
-            f"{get('weight_decay'):g}, gradient clipping {_format_setting(get('max_grad_norm'))}",
+            f"{optimiser}, learning rate {get('learning_rate'):g} per 512 images "
+            f"({get('effective_learning_rate', 0):.3g} at this batch), betas ({get('adam_beta1'):g}, "
+            f"{get('adam_beta2'):g}), weight decay {get('weight_decay'):g}, "
+            f"gradient clipping {_format_setting(get('max_grad_norm'))}",
         ),
         ("Schedule", schedule),
         (

@@ -89,6 +89,18 @@ class TrainingArguments:
             "decay ** (L - i), the embeddings at decay ** (L + 1); off if unset."
         },
     )
+    optim: str = field(
+        default="adamw",
+        metadata={
+            "help": "adamw, or muon: Muon (momentum orthogonalised by Newton-Schulz iterations) for the weights of "
+            "the hidden layers, every linear layer and convolution but the first and the classifier, and AdamW for "
+            "the rest (training/muon.py)."
+        },
+    )
+    muon_lr_scale: float = field(
+        default=1.0,
+        metadata={"help": "With --optim muon: Muon's learning rate as a multiple of AdamW's (--learning_rate's)."},
+    )
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     max_grad_norm: float = 1.0
@@ -172,6 +184,8 @@ class TrainingArguments:
         _expect(self, "learning_rate", self.learning_rate > 0, "a positive learning rate per 512 images")
         for name in ("weight_decay", "max_grad_norm", "num_warmup_steps", "warmup_epochs", "num_workers"):
             _expect(self, name, getattr(self, name) >= 0, "a value >= 0")
+        _expect(self, "optim", self.optim in ("adamw", "muon"), "adamw or muon")
+        _expect(self, "muon_lr_scale", self.muon_lr_scale > 0, "a positive number")
         for name in ("adam_beta1", "adam_beta2"):
             _expect(self, name, 0.0 <= getattr(self, name) < 1.0, "a value in [0, 1)")
         _expect(

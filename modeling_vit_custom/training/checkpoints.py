@@ -68,6 +68,16 @@ def read_training_state(checkpoint: Path) -> dict:
     return json.loads((checkpoint / TRAINING_STATE).read_text())
 
 
+def check_same_optimizer(state: dict, optim: str) -> None:
+    """Refuses to continue a checkpoint's optimizer state with another optimizer (older checkpoints: AdamW's)."""
+    saved = state.get("optim", "adamw")
+    if saved != optim:
+        raise ValueError(
+            f"--optim {optim}: the checkpoint was trained with {saved}, whose state this optimizer cannot continue; "
+            f"resume with --optim {saved}"
+        )
+
+
 def resume_batches(state: dict, per_device_batch_size: int, num_processes: int, global_batch_size: int) -> int:
     """Per-process batches to skip in the checkpoint's epoch so that the run continues at the same sample of the
     same global order, on this number of processes; refuses, saying what would differ, when it cannot.

@@ -13,6 +13,7 @@ from .. import ViTCustomConfig, ViTCustomForImageClassification
 from ..files import replacing
 from ..image_processing import PreprocessSettings
 from .arguments import ModelArguments, TrainingArguments, parse_config_overrides
+from .muon import MuonWithAdamW, split_for_muon
 from .pretrained import load_pretrained
 
 
@@ -124,14 +125,17 @@ def scaled_learning_rate(lr_per_512: float, global_batch_size: int) -> float:
     return lr_per_512 * global_batch_size / 512
 
 
-def create_optimizer(model: nn.Module, args: TrainingArguments, lr: float) -> torch.optim.AdamW:
-    """AdamW at `lr`, each group's rate scaled by its `lr_scale` (layer decay); the schedule then scales them all
-    alike (LambdaLR multiplies each group's initial rate)."""
+def create_optimizer(model: nn.Module, args: TrainingArguments, lr: float) -> torch.optim.Optimizer:
+    """AdamW (or Muon with AdamW, `--optim muon`) at `lr`, each group's rate scaled by its `lr_scale` (layer decay);
+    the schedule then scales them all alike (LambdaLR multiplies each group's initial rate)."""
     groups = param_groups(model, args.weight_decay, args.layer_decay)
     for group in groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+    betas = (args.adam_beta1, args.adam_beta2)
+    if args.optim == "muon":
+        return MuonWithAdamW(split_for_muon(model, groups), lr=lr, betas=betas, muon_lr_scale=args.muon_lr_scale)
     # The fused kernel exists for CPU and CUDA, and steps far faster than the default foreach path on both.
-    return torch.optim.AdamW(groups, lr=lr, betas=(args.adam_beta1, args.adam_beta2), fused=True)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
 
 
 def create_scheduler(optimizer, args: TrainingArguments, steps_per_epoch: int, max_train_steps: int):

@@ -37,18 +37,20 @@ def enable_fsdp_on_cpu(accelerator: Accelerator) -> bool:
     return True
 
 
-def check_fsdp_arguments(streaming: bool, model: str, channels_last: bool):
+def check_fsdp_arguments(streaming: bool, model: str, channels_last: bool, optim: str):
     """Refuses what FSDP cannot run here, before any data is read: a stream (its validation shards are uneven, and
     under FSDP every forward pass is a collective that all processes must run), timm's model (its blocks are not
-    the config's `ViTCustomLayer` units, and its saved folder would hold a process's shards) and channels-last
+    the config's `ViTCustomLayer` units, and its saved folder would hold a process's shards), channels-last
     weights (fully_shard splits every parameter along its first dimension, which is not laid out contiguously in
-    channels-last memory; untested)."""
+    channels-last memory; untested) and Muon (it orthogonalises each whole matrix, of which a process holds rows)."""
     if streaming:
         raise ValueError("--streaming with FSDP: expected a table, got a stream, whose evaluation shards are uneven")
     if model != "vit_custom":
         raise ValueError(f"--model with FSDP: expected 'vit_custom', got {model!r}; train timm's model with DDP")
     if channels_last:
         raise ValueError("--channels_last with FSDP: expected it off, got on; shard the model in its default layout")
+    if optim != "adamw":
+        raise ValueError(f"--optim with FSDP: expected adamw, got {optim!r}; Muon needs each whole matrix, use DDP")
 
 
 def shard_like_model(accelerator: Accelerator, module: nn.Module) -> nn.Module:

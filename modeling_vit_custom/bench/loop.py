@@ -1,5 +1,5 @@
 """How close the training loop runs to the model's own speed (`scripts/benchmark_loop.py`): a short real run of
-`scripts/train.py` against the model-only step (forward, backward and the loop's AdamW step on tensors already in
+`scripts/train.py` against the model-only step (forward, backward and the loop's optimizer step on tensors already in
 memory), on the same machine with the same threads, and where the loop's time goes."""
 
 import subprocess
@@ -166,9 +166,10 @@ def format_loop_efficiency(result: dict) -> str:
         )
     lines.append("")
     lines.append(
-        f"{result['num_threads']} torch threads for both. Model-only: forward, loss, backward and AdamW step on one "
-        "batch in memory (the mean of a measurement before and one after the run). Loop: the run's training images "
-        "over the seconds of its training steps (compilation, evaluation and checkpoints excluded, listed apart)."
+        f"{result['num_threads']} torch threads for both. Model-only: forward, loss, backward and optimizer step on "
+        "one batch in memory (the mean of a measurement before and one after the run). Loop: the run's training "
+        "images over the seconds of its training steps (compilation, evaluation and checkpoints excluded, listed "
+        "apart)."
     )
     lines.append("Machine: " + ", ".join(f"{k}: {v}" for k, v in result["machine"].items()))
     return "\n".join(lines)

@@ -4,8 +4,8 @@ the schedule's LambdaLR handle it like AdamW).
 
 torch's `torch.optim.Muon` and timm's `timm.optim.Muon` both run the Newton-Schulz iterations in bfloat16, which a
 CPU without bfloat16 hardware (the AVX2 machines the quickstart targets) emulates: on AVX2 code the quickstart's
-training step ran at 0.13-0.14x AdamW's with either, 0.85-0.88x with float32 iterations (docs/quickstart.md). Here they
-run in float32 on CPU, and in bfloat16 on GPU as those implementations do (not run on a GPU here)."""
+training step ran at 0.13-0.14x AdamW's with either, 0.70x with float32 iterations (docs/quickstart.md). Here they run
+in float32 on CPU, and in bfloat16 on GPU as those implementations do (not run on a GPU here)."""
 
 import torch
 from torch import nn
@@ -60,8 +60,9 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                  momentum: float = 0.95, muon_lr_scale: float = 1.0):  # fmt: skip
+        # `fused` also has load_state_dict put AdamW's step counts on the parameters' device, as the kernel needs.
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                        muon_lr_scale=muon_lr_scale, use_muon=False)  # fmt: skip
+                        muon_lr_scale=muon_lr_scale, use_muon=False, fused=True)  # fmt: skip
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -106,7 +107,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
             [s["exp_avg_sq"] for s in states],
             [],
             [s["step"] for s in states],
-            fused=True,
+            fused=group["fused"],
             amsgrad=False,
             beta1=beta1,
             beta2=beta2,

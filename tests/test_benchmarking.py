@@ -23,6 +23,7 @@ from modeling_vit_custom.bench.harness import (
     paired_ratio,
     peak_memory_mb,
 )
+from modeling_vit_custom.bench.loop import model_only_images_per_s
 from modeling_vit_custom.bench.throughput import benchmark, format_benchmark
 from modeling_vit_custom.files import write_json
 
@@ -197,3 +198,13 @@ def test_loop_benchmark_times_the_real_quickstart_loop_against_its_model_step(tm
     line = next(line for line in done.stdout.splitlines() if line.startswith("| quickstart | 64 | in memory | 2560 |"))
     shares = [float(cell.strip().rstrip("%")) for cell in line.split("|")[8:13]]
     assert sum(shares) == pytest.approx(100, abs=0.3)
+
+
+def test_the_model_only_step_leaves_denormal_floats_as_it_found_them():
+    """It flushes them to zero while it times (a model trained on one batch over and over can sink into them), and
+    turns that off again: the process's own arithmetic keeps them."""
+    quickstart = str(Path(__file__).resolve().parents[1] / "configs/quickstart.yaml")
+    images_per_s, batch = model_only_images_per_s(["--config", quickstart], num_classes=10, steps=2, warmup=1)
+    assert images_per_s > 0 and batch == 64
+    smallest_normal = torch.finfo(torch.float32).tiny
+    assert (torch.tensor(smallest_normal) / 4).item() == smallest_normal / 4 > 0  # 2^-128: exact, not flushed

@@ -130,8 +130,8 @@ def test_in_memory_training_equals_the_worker_path_when_nothing_is_random(image_
 
 def test_in_memory_run_killed_and_resumed_is_bit_identical(image_folders, tmp_path):
     """Crops, flips, erasing, mixup, cutmix and drop-path on, the quickstart's kind of model (a convolutional stem
-    with a full-resolution first convolution, channels-last) and Muon, which its 93% variant adds: SIGKILL after a
-    mid-epoch checkpoint, resume."""
+    with a full-resolution first convolution, channels-last) and its optimizer, Muon: SIGKILL after a mid-epoch
+    checkpoint, resume."""
     stem = "conv_stem_channels=[8,16,32],conv_stem_strides=[1,2,2],drop_path_rate=0.1"
     args = (*AUGMENTED, "--num_train_epochs", "2", "--checkpointing_steps", "5", "--checkpoints_total_limit", "5",
             "--model_config_overrides", f"{TINY},{stem}", "--channels_last", "--optim", "muon", "--muon_lr_scale",

@@ -2,6 +2,7 @@
 over. Training, checkpointing and resuming with it: tests/test_in_memory.py; refusals: tests/test_run_lifecycle.py
 and tests/test_fsdp.py."""
 
+import timm
 import torch
 
 from modeling_vit_custom import ViTCustomForImageClassification
@@ -18,24 +19,30 @@ def groups_by_name(model, optimizer) -> dict:
     return {name: group_of[id(param)] for name, param in model.named_parameters()}
 
 
-def test_muon_steps_the_hidden_layers_weights_and_adamw_the_rest(tiny_config):
+def test_muon_steps_the_encoders_weight_matrices_and_adamw_the_rest(tiny_config):
     model = ViTCustomForImageClassification(tiny_config(**STEM))
     optimizer = create_optimizer(model, TrainingArguments(optim="muon", muon_lr_scale=4.0, weight_decay=0.05), 1e-3)
     assert isinstance(optimizer, MuonWithAdamW)
     groups = groups_by_name(model, optimizer)
     muon = sorted(name for name, group in groups.items() if group["use_muon"])
-    # The stem's convolutions after the first (the 1x1 projection too) and the encoder's linear layers.
     layers = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
-    assert muon == sorted(
-        [f"vit.embeddings.conv_stem.{i}.weight" for i in (3, 6, 9, 12)]
-        + [f"vit.encoder.layers.{i}.{layer}.weight" for i in range(2) for layer in layers]
-    )
-    # AdamW for the pixels' convolution and the classifier (decayed), and for tokens, biases and norms (not).
-    assert groups["vit.embeddings.conv_stem.0.weight"]["weight_decay"] == groups["head.weight"]["weight_decay"] == 0.05
+    assert muon == sorted(f"vit.encoder.layers.{i}.{layer}.weight" for i in range(2) for layer in layers)
+    # AdamW for the whole stem (the model's input embedding) and the classifier (decayed), and for tokens, biases and
+    # norms (not).
+    stem = [f"vit.embeddings.conv_stem.{i}.weight" for i in (0, 3, 6, 9, 12)]
+    assert {groups[name]["weight_decay"] for name in stem + ["head.weight"]} == {0.05}
     assert groups["vit.embeddings.cls_token"]["weight_decay"] == groups["vit.norm.bias"]["weight_decay"] == 0.0
     assert all(group["weight_decay"] == 0.05 for name, group in groups.items() if name in muon)
     assert {group["lr"] for group in optimizer.param_groups} == {1e-3}
     assert {group["muon_lr_scale"] for group in optimizer.param_groups} == {4.0}
+
+
+def test_muon_leaves_the_patch_embedding_and_head_of_timms_vit_to_adamw():
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, depth=2, img_size=32)
+    groups = groups_by_name(model, create_optimizer(model, TrainingArguments(optim="muon"), 1e-3))
+    muon = sorted(name for name, group in groups.items() if group["use_muon"])
+    layers = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+    assert muon == sorted(f"blocks.{i}.{layer}.weight" for i in range(2) for layer in layers)
 
 
 def test_layer_decay_scales_muons_groups_as_adamws(tiny_config):
@@ -89,6 +96,6 @@ def test_the_model_cards_recipe_names_the_optimiser():
               "per_device_train_batch_size": 64, "global_batch_size": 64}  # fmt: skip
     rows = dict(recipe(config, parameters=1000, dataset="fashion_mnist"))
     assert rows["Optimiser"].startswith(
-        "Muon at 4x the rate for the hidden layers' weights, AdamW for the rest, learning rate 0.006 per 512 images "
-        "(0.00075 at this batch)"
+        "Muon at 4x the rate for the encoder's weight matrices, AdamW for the rest, learning rate 0.006 per 512 "
+        "images (0.00075 at this batch)"
     )

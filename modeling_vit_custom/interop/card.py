@@ -268,7 +268,7 @@ def recipe(config: dict, parameters: int, dataset: str) -> list[tuple[str, str]]
         schedule += f" + {get('warmup_epochs'):g} warm-up epochs"
     optimiser = "AdamW"
     if get("optim") == "muon":
-        optimiser = f"Muon at {get('muon_lr_scale'):g}x the rate for the hidden layers' weights, AdamW for the rest"
+        optimiser = f"Muon at {get('muon_lr_scale'):g}x the rate for the encoder's weight matrices, AdamW for the rest"
     rows = [
         ("Model", f"{_format_number(parameters)} parameters" + _overrides(config)),
         ("Data", f"{dataset}; evaluated on {evaluation_split(config)}"),

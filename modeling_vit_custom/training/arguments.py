@@ -92,9 +92,9 @@ class TrainingArguments:
     optim: str = field(
         default="adamw",
         metadata={
-            "help": "adamw, or muon: Muon (momentum orthogonalised by Newton-Schulz iterations) for the weights of "
-            "the hidden layers, every linear layer and convolution but the first and the classifier, and AdamW for "
-            "the rest (training/muon.py)."
+            "help": "adamw, or muon: Muon (momentum orthogonalised by Newton-Schulz iterations) for the encoder's "
+            "weight matrices, the linear layers between the patch embedding (or convolutional stem) and the "
+            "classifier, and AdamW for the rest (training/muon.py)."
         },
     )
     muon_lr_scale: float = field(

@@ -1,11 +1,12 @@
-"""Muon (Keller Jordan et al. 2024) for the weight matrices of the hidden layers and AdamW for everything else, in
-one optimizer whose state and param groups are torch's usual ones (so `accelerator.save_state` / `load_state` and
-the schedule's LambdaLR handle it like AdamW).
+"""Muon (Keller Jordan et al. 2024) for the encoder's weight matrices and AdamW for everything else, in one optimizer
+whose state and param groups are torch's usual ones (so `accelerator.save_state` / `load_state` and the schedule's
+LambdaLR handle it like AdamW).
 
 torch's `torch.optim.Muon` and timm's `timm.optim.Muon` both run the Newton-Schulz iterations in bfloat16, which a
 CPU without bfloat16 hardware (the AVX2 machines the quickstart targets) emulates: on AVX2 code the quickstart's
-training step ran at 0.13-0.14x AdamW's with either, 0.70x with float32 iterations (docs/quickstart.md). Here they run
-in float32 on CPU, and in bfloat16 on GPU as those implementations do (not run on a GPU here)."""
+training step, Muon then stepping its stem's convolutions too, ran at 0.13-0.14x AdamW's with either and at 0.73x
+with float32 iterations (docs/quickstart.md). Here they run in float32 on CPU, and in bfloat16 on GPU as those
+implementations do (not run on a GPU here)."""
 
 import torch
 from torch import nn
@@ -31,10 +32,15 @@ def orthogonalize(matrix: torch.Tensor, steps: int = NS_STEPS) -> torch.Tensor:
 
 
 def hidden_weights(model: nn.Module) -> set[int]:
-    """ids of the weights Muon steps: those of every linear layer and convolution but the first (it sees the pixels)
-    and the last (the classifier), as Keller Jordan's Muon leaves the embedding and the head to AdamW."""
+    """ids of the weights Muon steps: those of the linear layers and convolutions between the input embedding and the
+    classifier, as Keller Jordan's Muon leaves the embedding and the head to AdamW. The input embedding is the model's
+    `get_input_embeddings()`, the patch projection or the whole convolutional stem (ours), else its first layer (timm's
+    models); the classifier is the last layer."""
     layers = [module for module in model.modules() if isinstance(module, (nn.Linear, nn.Conv2d))]
-    return {id(layer.weight) for layer in layers[1:-1] if layer.weight.requires_grad}
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else layers[0]
+    left_to_adamw = {id(param) for param in embedding.parameters()} | {id(layers[-1].weight)}
+    weights = [layer.weight for layer in layers if layer.weight.requires_grad]
+    return {id(weight) for weight in weights if id(weight) not in left_to_adamw}
 
 
 def split_for_muon(model: nn.Module, groups: list[dict]) -> list[dict]:

@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None):
     )
     from modeling_vit_custom.training.checkpoints import (
         check_same_optimizer,
+        group_sizes,
         read_training_state,
         resolve_checkpoint,
         resume_batches,
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None):
             )
         # Refused before the weights load: another optimizer, another global batch, or a position this process
         # count cannot reach.
-        check_same_optimizer(state, args.optim)
+        check_same_optimizer(state, args.optim, group_sizes(optimizer))
         skip_batches = resume_batches(
             state, args.per_device_train_batch_size, accelerator.num_processes, global_batch_size
         )
@@ -387,6 +388,7 @@ def main(argv: list[str] | None = None):
             "global_batch_size": global_batch_size,
             "num_processes": accelerator.num_processes,
             "optim": args.optim,
+            "optimizer_groups": group_sizes(optimizer),
             "max_train_steps": max_train_steps,
             "best_score": best_score,
             "best_step": best_step,

@@ -251,6 +251,27 @@ def test_resume_at_another_global_batch_or_with_another_optimizer_is_refused_say
     result = fails(train_command(image_folders, out, *resume, "--optim", "muon"))
     refusal = "--optim muon: the checkpoint was trained with adamw, whose state this optimizer cannot continue"
     assert refusal in result.stderr and "resume with --optim adamw" in result.stderr
+    result = fails(train_command(image_folders, out, *resume, "--layer_decay", "0.75"))
+    refusal = "the checkpoint's optimizer has param groups of [10, 22] tensors, this run's of [1, 3, 4, 8, 4, 8, 1, 3]"
+    assert refusal in result.stderr and "(another --layer_decay, other trainable weights)" in result.stderr
+    assert len(events(out, "summary")) == 1
+
+
+def test_resuming_an_earlier_versions_muon_checkpoint_is_refused_saying_why(image_folders, tmp_path):
+    """Until its training state recorded the param groups, Muon also stepped the convolutional stem: such a
+    checkpoint's state does not fit this version's groups, and torch's own error would not say why."""
+    out = tmp_path / "run"
+    run(train_command(image_folders, out, "--optim", "muon", "--max_train_steps", "2"))
+    (checkpoint,) = (out / "checkpoints").iterdir()
+    state = json.loads((checkpoint / "training_state.json").read_text())
+    del state["optimizer_groups"]
+    (checkpoint / "training_state.json").write_text(json.dumps(state))
+    result = fails(train_command(image_folders, out, "--optim", "muon", "--max_train_steps", "4",
+                                 "--resume_from_checkpoint", "latest"))  # fmt: skip
+    assert "the checkpoint's Muon state is from an earlier version, whose Muon also stepped the convolutional" in (
+        result.stderr
+    )
+    assert [path.name for path in (out / "checkpoints").iterdir()] == [checkpoint.name]
     assert len(events(out, "summary")) == 1
 
 

@@ -5,6 +5,8 @@ import re
 import shutil
 from pathlib import Path
 
+import torch
+
 from ..files import commit, staging_path
 
 
@@ -68,13 +70,33 @@ def read_training_state(checkpoint: Path) -> dict:
     return json.loads((checkpoint / TRAINING_STATE).read_text())
 
 
-def check_same_optimizer(state: dict, optim: str) -> None:
-    """Refuses to continue a checkpoint's optimizer state with another optimizer (older checkpoints: AdamW's)."""
+def group_sizes(optimizer: torch.optim.Optimizer) -> list[int]:
+    """Tensors per param group: how the optimizer split the weights (AdamW's decay split, layer decay, Muon's)."""
+    return [len(group["params"]) for group in optimizer.param_groups]
+
+
+def check_same_optimizer(state: dict, optim: str, group_sizes: list[int]) -> None:
+    """Refuses to continue a checkpoint's optimizer state with another optimizer (older checkpoints: AdamW's), or
+    with its parameters split into other groups (`group_sizes`: tensors per param group; older checkpoints did not
+    record theirs, and their Muon also stepped the convolutional stem)."""
     saved = state.get("optim", "adamw")
     if saved != optim:
         raise ValueError(
             f"--optim {optim}: the checkpoint was trained with {saved}, whose state this optimizer cannot continue; "
             f"resume with --optim {saved}"
+        )
+    saved_sizes = state.get("optimizer_groups")
+    if saved_sizes is None and optim == "muon":
+        raise ValueError(
+            "--resume_from_checkpoint: the checkpoint's Muon state is from an earlier version, whose Muon also "
+            "stepped the convolutional stem's weights, which this version leaves to AdamW; resume with the version "
+            "that wrote it"
+        )
+    if saved_sizes is not None and saved_sizes != group_sizes:
+        raise ValueError(
+            f"--resume_from_checkpoint: the checkpoint's optimizer has param groups of {saved_sizes} tensors, this "
+            f"run's of {group_sizes}: its weights are grouped differently (another --layer_decay, other trainable "
+            "weights); resume with the settings that wrote it"
         )
 
 

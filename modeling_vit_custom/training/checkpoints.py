@@ -75,10 +75,10 @@ def group_sizes(optimizer: torch.optim.Optimizer) -> list[int]:
     return [len(group["params"]) for group in optimizer.param_groups]
 
 
-def check_same_optimizer(state: dict, optim: str, group_sizes: list[int]) -> None:
+def check_same_optimizer(state: dict, optim: str, sizes: list[int]) -> None:
     """Refuses to continue a checkpoint's optimizer state with another optimizer (older checkpoints: AdamW's), or
-    with its parameters split into other groups (`group_sizes`: tensors per param group; older checkpoints did not
-    record theirs, and their Muon also stepped the convolutional stem)."""
+    with its parameters split into other groups (`sizes`: this run's `group_sizes`; older checkpoints did not record
+    theirs, and their Muon also stepped a convolutional stem's weights)."""
     saved = state.get("optim", "adamw")
     if saved != optim:
         raise ValueError(
@@ -88,14 +88,14 @@ def check_same_optimizer(state: dict, optim: str, group_sizes: list[int]) -> Non
     saved_sizes = state.get("optimizer_groups")
     if saved_sizes is None and optim == "muon":
         raise ValueError(
-            "--resume_from_checkpoint: the checkpoint's Muon state is from an earlier version, whose Muon also "
-            "stepped the convolutional stem's weights, which this version leaves to AdamW; resume with the version "
-            "that wrote it"
+            "--resume_from_checkpoint: the checkpoint's Muon state is from an earlier version, which did not record "
+            "its param groups and whose Muon also stepped a convolutional stem's weights (this version leaves them "
+            "to AdamW), so this version cannot tell whether it fits; resume with the version that wrote it"
         )
-    if saved_sizes is not None and saved_sizes != group_sizes:
+    if saved_sizes is not None and saved_sizes != sizes:
         raise ValueError(
             f"--resume_from_checkpoint: the checkpoint's optimizer has param groups of {saved_sizes} tensors, this "
-            f"run's of {group_sizes}: its weights are grouped differently (another --layer_decay, other trainable "
+            f"run's of {sizes}: its weights are grouped differently (another --layer_decay, other trainable "
             "weights); resume with the settings that wrote it"
         )
 

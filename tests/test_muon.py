@@ -11,6 +11,7 @@ from modeling_vit_custom.training.arguments import TrainingArguments
 from modeling_vit_custom.training.models import create_optimizer
 from modeling_vit_custom.training.muon import MuonWithAdamW, orthogonalize
 
+ENCODER_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")  # per layer, ours and timm's
 STEM = {"conv_stem_channels": [8, 16, 32, 32], "conv_stem_strides": [1, 2, 2, 2]}  # the quickstart's kind
 
 
@@ -25,8 +26,7 @@ def test_muon_steps_the_encoders_weight_matrices_and_adamw_the_rest(tiny_config)
     assert isinstance(optimizer, MuonWithAdamW)
     groups = groups_by_name(model, optimizer)
     muon = sorted(name for name, group in groups.items() if group["use_muon"])
-    layers = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
-    assert muon == sorted(f"vit.encoder.layers.{i}.{layer}.weight" for i in range(2) for layer in layers)
+    assert muon == sorted(f"vit.encoder.layers.{i}.{layer}.weight" for i in range(2) for layer in ENCODER_LINEARS)
     # AdamW for the whole stem (the model's input embedding) and the classifier (decayed), and for tokens, biases and
     # norms (not).
     stem = [f"vit.embeddings.conv_stem.{i}.weight" for i in (0, 3, 6, 9, 12)]
@@ -41,8 +41,7 @@ def test_muon_leaves_the_patch_embedding_and_head_of_timms_vit_to_adamw():
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, depth=2, img_size=32)
     groups = groups_by_name(model, create_optimizer(model, TrainingArguments(optim="muon"), 1e-3))
     muon = sorted(name for name, group in groups.items() if group["use_muon"])
-    layers = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
-    assert muon == sorted(f"blocks.{i}.{layer}.weight" for i in range(2) for layer in layers)
+    assert muon == sorted(f"blocks.{i}.{layer}.weight" for i in range(2) for layer in ENCODER_LINEARS)
 
 
 def test_layer_decay_scales_muons_groups_as_adamws(tiny_config):

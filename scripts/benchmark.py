@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true", help="Also time both under torch.compile.")
     parser.add_argument("--no_memory", action="store_true", help="Skip the peak-memory measurement.")
-    parser.add_argument("--json", type=Path, default=Path("benchmark.json"))
+    parser.add_argument("--json", type=Path, default=Path("runs/benchmark.json"))
     return parser.parse_args(argv)
 
 

@@ -19,7 +19,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quickstart_steps", type=int, default=600, help="Training steps of the quickstart run.")
     parser.add_argument("--vit_s16_steps", type=int, default=16, help="Training steps of the ViT-S/16 run.")
-    parser.add_argument("--json", type=Path, default=Path("benchmark_loop.json"))
+    parser.add_argument("--json", type=Path, default=Path("runs/benchmark_loop.json"))
     args = parser.parse_args(argv)
     for name in ("num_threads", "quickstart_steps", "vit_s16_steps"):
         if getattr(args, name) < 1:

@@ -22,7 +22,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", type=Path, help="Image folder or .parquet file for top-1/top-5 of both.")
     parser.add_argument("--max_eval_samples", type=int, help="Evaluate on at most this many images.")
     parser.add_argument("--no_memory", action="store_true", help="Skip the peak-memory measurement.")
-    parser.add_argument("--json", type=Path, default=Path("comparison.json"), help="Where to write the JSON.")
+    parser.add_argument("--json", type=Path, default=Path("runs/comparison.json"), help="Where to write the JSON.")
     parser.add_argument("--plot", type=Path, help="Where to write the PNG chart (default: the JSON's name, .png).")
     args = parser.parse_args(argv)
     if args.batch_size < 1:

@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         help="Peak dense bf16 TFLOP/s for MFU on a device the harness does not know (default: its table).",
     )
-    parser.add_argument("--json", type=Path, default=Path("gpu_check.json"))
+    parser.add_argument("--json", type=Path, default=Path("runs/gpu_check.json"))
     return parser.parse_args(argv)
 
 
@@ -40,10 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = resolve_device(args.device, args.tiny)
         check_options(args.num_workers, args.peak_tflops)
-        if not args.json.parent.is_dir():
-            raise ValueError(
-                f"--json {args.json}: expected a file in an existing folder, got no folder {args.json.parent}"
-            )
+        taken = next((p for p in args.json.parents if p.exists()), None)
+        if taken is not None and not taken.is_dir():
+            raise ValueError(f"--json {args.json}: expected a file in a folder, got the file {taken} in its path")
         result = run_check(TINY if args.tiny else FULL, device, args.num_workers, args.peak_tflops)
     except ValueError as error:
         logging.getLogger("gpu_check").error("%s", error)

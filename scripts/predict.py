@@ -29,8 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
-    from modeling_vit_custom.inspect.images import device_of
-    from modeling_vit_custom.inspect.predict import check_output_path, predict, write_predictions
+    from modeling_vit_custom.inference.images import device_of
+    from modeling_vit_custom.inference.predict import check_output_path, predict, write_predictions
 
     try:
         check_output_path(args.output)

@@ -27,8 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
-    from modeling_vit_custom.inspect.attention_maps import write_attention_figures
-    from modeling_vit_custom.inspect.images import device_of
+    from modeling_vit_custom.inference.attention_maps import write_attention_figures
+    from modeling_vit_custom.inference.images import device_of
 
     try:
         written = write_attention_figures(

@@ -13,7 +13,7 @@ from PIL import Image
 
 from modeling_vit_custom import ViTCustomConfig, ViTCustomForImageClassification
 from modeling_vit_custom.image_processing import PreprocessSettings
-from modeling_vit_custom.inspect.attention_maps import (
+from modeling_vit_custom.inference.attention_maps import (
     attention_maps,
     rollout,
     to_image,

@@ -142,7 +142,8 @@ def test_options_are_checked_by_name(tmp_path):
         check_options(0, None)
     with pytest.raises(ValueError, match="--peak_tflops: expected a positive number of TFLOP/s, got -1"):
         check_options(1, -1.0)
-    missing = tmp_path / "missing" / "check.json"
-    result = gpu_check("--tiny", "--device", "cpu", "--json", str(missing))
-    assert result.returncode == 2 and f"--json {missing}: expected a file in an existing folder" in result.stderr
-    assert Path(missing).parent.exists() is False
+    (tmp_path / "taken").write_text("a file where the folder goes")
+    blocked = tmp_path / "taken" / "check.json"
+    result = gpu_check("--tiny", "--device", "cpu", "--json", str(blocked))
+    assert result.returncode == 2 and f"--json {blocked}: expected a file in a folder, got the file" in result.stderr
+    assert "training ..." not in result.stderr

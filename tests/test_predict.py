@@ -16,7 +16,7 @@ from transformers import pipeline
 
 from modeling_vit_custom import ViTCustomConfig, ViTCustomForImageClassification
 from modeling_vit_custom.image_processing import PreprocessSettings
-from modeling_vit_custom.inspect.predict import predict
+from modeling_vit_custom.inference.predict import predict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]

@@ -210,8 +210,8 @@ def measure_int8(
     import onnxruntime
     from torch.utils.data import DataLoader
 
-    from ..inspect.images import find_images, load_classifier
-    from ..inspect.predict import ImageFiles, collate
+    from ..inference.images import find_images, load_classifier
+    from ..inference.predict import ImageFiles, collate
 
     paths = find_images(patterns, flag="measure")
     model, processor = load_classifier(model_dir, flag="model_dir")

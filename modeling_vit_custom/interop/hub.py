@@ -16,8 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from ..configuration_vit_custom import AUTO_MAP
 from ..files import check_output_folder, read_json, replacing, weight_files, write_json
-from ..inspect.attention_maps import draw_attention
-from ..inspect.images import IMAGE_SUFFIXES
+from ..inference.attention_maps import draw_attention
+from ..inference.images import IMAGE_SUFFIXES
 from ..training.run_log import CURVES_FILE, read_run
 from .card import DEFAULT_TEMPLATE_PATH, card_context, card_title, render_card
 from .timm_conversion import CONVERSION_FILE

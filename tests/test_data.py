@@ -411,6 +411,42 @@ def test_shard_worker_mismatch_warns(sharded_stream, caplog):
     assert len(list(uneven)) == 8  # one example in 3
 
 
+def test_a_parquet_stream_knows_its_length_from_the_footers(sharded_stream, sources):
+    """Four shards of 6 rows: the stream's length is read from the parquet footers, without reading the rows."""
+    assert sharded_stream.info.splits["train"].num_examples == 24
+    root, expected = sources
+    splits = load_datasets(source_arguments(root, "parquet", streaming=True))
+    assert splits.train_size == len(expected["train"]) == 12
+    assert splits.validation.info.splits["validation"].num_examples == 6
+
+
+def test_the_prepared_copy_streams_in_epochs_and_is_not_taken_for_a_saved_dataset(tmp_path):
+    """`scripts/prepare_dataset.py`'s shards, trained with --streaming for 2 epochs as the script says; the folder
+    passed to --dataset_path is refused naming the flags that read it."""
+    from launch import ROOT, environment, events, run, train_command, write_split
+
+    data, prepared = tmp_path / "data", tmp_path / "prepared"
+    write_split(data / "train", [6, 5, 5], seed=0)
+    write_split(data / "validation", [2, 2, 2], seed=1)
+    said = run([sys.executable, str(ROOT / "scripts/prepare_dataset.py"), "--train_dir", str(data / "train"),
+                "--validation_dir", str(data / "validation"), "--output_dir", str(prepared), "--train_shards", "4",
+                "--validation_shards", "2"]).stdout  # fmt: skip
+    assert f"--train_file '{prepared}/train-*.parquet'" in said
+    out = tmp_path / "run"
+    run(train_command((prepared / "train-*.parquet", prepared / "validation-*.parquet"), out, "--streaming",
+                      "--num_train_epochs", "2", "--randaugment", ""))  # fmt: skip
+    assert [e["epoch"] for e in events(out, "eval")] == [1, 2]
+    assert events(out, "summary")[-1]["total_steps"] == 2 * (16 // 4)
+    refused = subprocess.run(
+        train_command(prepared, tmp_path / "refused"), env=environment(), capture_output=True, text=True
+    )
+    assert refused.returncode != 0
+    assert (
+        f"--dataset_path {prepared}: expected a folder written by save_to_disk (with dataset_dict.json), got parquet "
+        f"files; read them with --train_file '{prepared}/train-*.parquet'" in refused.stderr
+    )
+
+
 # --- Fashion-MNIST from the Debian package ---
 
 

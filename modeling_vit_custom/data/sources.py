@@ -9,6 +9,7 @@ from pathlib import Path
 
 import datasets
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
 from .arguments import DataArguments
@@ -103,16 +104,42 @@ def _check_class_folders(flag: str, folder: Path) -> None:
 
 def _load_local(builder: str, data_files: dict, args: DataArguments):
     """A local source through a packaged builder, without the download and split-generation progress bars that
-    say nothing for files already on this machine."""
+    say nothing for files already on this machine. A parquet stream knows its length: the footers record it."""
     enabled = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
-        return datasets.load_dataset(
-            builder, data_files=data_files, cache_dir=args.cache_dir, streaming=args.streaming
-        )
+        raw = datasets.load_dataset(builder, data_files=data_files, cache_dir=args.cache_dir, streaming=args.streaming)
     finally:
         if enabled:
             datasets.enable_progress_bars()
+    if args.streaming and builder == "parquet":
+        lengths = datasets.SplitDict(
+            {
+                split: datasets.SplitInfo(
+                    name=split, num_examples=sum(pq.read_metadata(f).num_rows for f in _as_list(files))
+                )
+                for split, files in data_files.items()
+            }
+        )
+        for stream in raw.values():
+            stream.info.splits = lengths
+    return raw
+
+
+def _as_list(files: str | list[str]) -> list[str]:
+    return [files] if isinstance(files, str) else files
+
+
+def _check_saved_dataset(path: str) -> None:
+    """`--dataset_path` reads a folder written by `save_to_disk`; parquet shards (`scripts/prepare_dataset.py`'s)
+    are read with --train_file / --validation_file, which datasets' own error does not say."""
+    folder = Path(path)
+    if not (folder / "dataset_dict.json").is_file() and sorted(folder.glob("*.parquet")):
+        raise ValueError(
+            f"--dataset_path {path}: expected a folder written by save_to_disk (with dataset_dict.json), got parquet "
+            f"files; read them with --train_file '{folder}/train-*.parquet' --validation_file "
+            f"'{folder}/validation-*.parquet'"
+        )
 
 
 def _as_stream(ds: datasets.Dataset, split: str) -> datasets.IterableDataset:
@@ -132,6 +159,7 @@ def _num_examples(ds, split: str) -> int | None:
 
 def _load_raw(args: DataArguments, include_train: bool = True) -> datasets.DatasetDict | datasets.IterableDatasetDict:
     if args.source == "dataset_path":
+        _check_saved_dataset(args.dataset_path)
         raw = datasets.load_from_disk(args.dataset_path)
         if not isinstance(raw, datasets.DatasetDict):
             raise ValueError(

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from ..files import replacing
 from .images import find_images, load_classifier, read_image
+from .predict import scores_of
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ def token_layout(model, height: int, width: int) -> tuple[tuple[int, int], int]:
 @dataclass
 class AttentionMaps:
     """What one image's figure shows: `image` (H, W, C) in [0, 1] as the model saw it, `rollout` (H, W),
-    `last_layer` (H, W) and `last_layer_heads` (heads, H, W) (None for a mean-pooled model), the prediction."""
+    `last_layer` (H, W) and `last_layer_heads` (heads, H, W) (None for a mean-pooled model), the prediction and
+    `scores` (num_labels,), the pipeline's (softmax, or sigmoid for a multi-label model)."""
 
     image: np.ndarray
     rollout: torch.Tensor
@@ -79,6 +81,7 @@ class AttentionMaps:
     last_layer_heads: torch.Tensor | None
     label: str
     score: float
+    scores: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -95,7 +98,7 @@ def attention_maps(model, pixel_values: torch.Tensor, mean: Sequence[float], std
         name: to_image(values, grid, stride, (height, width)).cpu()
         for name, values in token_relevance(output.attentions, config.pooling).items()
     }
-    probabilities = output.logits.float().softmax(dim=-1).cpu()
+    probabilities = scores_of(output.logits, config).cpu()
     shift = torch.tensor(mean).view(1, -1, 1, 1)
     scale = torch.tensor(std).view(1, -1, 1, 1)
     images = (pixel_values.float().cpu() * scale + shift).clamp(0, 1).permute(0, 2, 3, 1).numpy()
@@ -110,6 +113,7 @@ def attention_maps(model, pixel_values: torch.Tensor, mean: Sequence[float], std
                 last_layer_heads=maps["last_layer_heads"][i] if "last_layer_heads" in maps else None,
                 label=config.id2label[top],
                 score=float(probabilities[i, top]),
+                scores=probabilities[i],
             )
         )
     return results
@@ -196,7 +200,7 @@ def draw_attention(
     pictures = []
     for path in images:
         try:
-            pictures.append(read_image(path))
+            pictures.append(read_image(path, config.num_channels))
         except (OSError, ValueError) as error:
             raise ValueError(f"{path}: expected a readable image, got {type(error).__name__}: {error}") from error
     if config.pooling == "mean":

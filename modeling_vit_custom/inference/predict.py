@@ -21,17 +21,17 @@ OUTPUT_FORMATS = (".jsonl", ".csv")
 
 class ImageFiles(Dataset):
     """Image files -> (index, pixel_values (C, H, W) from the model's image processor, or None and the reason the file
-    could not be read)."""
+    could not be read); each image is read with the model's `num_channels`."""
 
-    def __init__(self, paths: list[Path], processor):
-        self.paths, self.processor = paths, processor
+    def __init__(self, paths: list[Path], processor, num_channels: int = 3):
+        self.paths, self.processor, self.num_channels = paths, processor, num_channels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            image = read_image(self.paths[index])
+            image = read_image(self.paths[index], self.num_channels)
             return index, self.processor(image, return_tensors="pt")["pixel_values"][0], None
         except (OSError, ValueError, SyntaxError) as error:  # PIL raises all three for damaged files
             return index, None, f"{type(error).__name__}: {error}"
@@ -90,7 +90,7 @@ def predict(
         logger.info("--top_k %d: the model has %d labels; giving all of them", top_k, config.num_labels)
         top_k = config.num_labels
     loader = DataLoader(
-        ImageFiles(paths, processor),
+        ImageFiles(paths, processor, config.num_channels),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=collate,

@@ -13,6 +13,7 @@ from safetensors import safe_open
 
 from ..configuration_vit_custom import ViTCustomConfig
 from ..files import read_json, weight_files
+from ..inference.images import pipeline_limitation
 from ..training.run_log import RunRecord
 
 # The template lives at the top of the repository, where users edit it; pass `template_path` to use another.
@@ -91,6 +92,7 @@ def card_context(
         "preprocessing_recorded": preprocessing_recorded,
         "labels": ", ".join(f"`{label}`" for label in labels[:20]) + (", ..." if len(labels) > 20 else ""),
         "has_attention_map": has_attention_map,
+        "pipeline_limitation": pipeline_limitation(config.get("num_channels", 3)),
         **_run_context(run, model_dir, num_labels, parameters, dataset_label),
         **_comparison_context(comparison, parameters),
         "timm_model": (conversion or {}).get("timm_model"),

@@ -217,8 +217,9 @@ def measure_int8(
     model, processor = load_classifier(model_dir, flag="model_dir")
     label2id = {label: int(index) for index, label in model.config.id2label.items()}
     multi_label = model.config.problem_type == "multi_label_classification"
+    files = ImageFiles(paths, processor, model.config.num_channels)
     batches, labels = [], []
-    for indices, pixel_values, errors in DataLoader(ImageFiles(paths, processor), batch_size, collate_fn=collate):
+    for indices, pixel_values, errors in DataLoader(files, batch_size, collate_fn=collate):
         for index, error in errors:
             logger.warning("--measure: skipping unreadable %s (%s)", paths[index], error)
         if pixel_values is not None:

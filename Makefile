@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	# The quickstart dataset (Fashion-MNIST) as a Debian package; elsewhere it is read from the Hub.
 	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null || true; fi
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist chromium chromium-driver >/dev/null || true; fi
 	touch $@
 
 # One compute thread per physical core, which accelerate would otherwise choose with a warning on every launch.

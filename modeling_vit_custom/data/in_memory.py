@@ -1,27 +1,27 @@
 """Small datasets decoded once into uint8 tensors held in memory (on the GPU when training on one) and augmented a
 whole batch at a time there, so the training loop runs at the model's speed."""
 
+import io
 import logging
-import math
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import psutil
 import torch
-from torchvision.ops import roi_align
+from PIL import Image
+from timm.data.transforms import RandomResizedCropAndInterpolation
+from torchvision import transforms as T
+from torchvision.transforms.v2 import functional as F
 
 from ..image_processing import PreprocessSettings
-from .decoding import ImageClassificationDataset, check_bad_images, collate
+from .decoding import IMAGE_ERRORS, ImageClassificationDataset, check_bad_images, collate, undecoded
 from .sampling import EpochSampler, sample_seed
-from .transforms import EvalTransform
+from .transforms import TENSOR_INTERPOLATIONS, ConvertImage, EvalTransform, build_train_transform
 
 logger = logging.getLogger(__name__)
 
 # Augmentations that need a PIL image per sample: they keep the DataLoader-worker path.
 PIL_ONLY_AUGMENTATIONS = ("randaugment", "color_jitter")
-# timm's and torchvision's RandomResizedCrop: aspect ratios and the number of tries before the center crop.
-CROP_RATIO = (3 / 4, 4 / 3)
-CROP_TRIES = 10
 # The share of the free memory a cache may take (the rest is for the model, its activations and the loaders).
 MEMORY_SHARE = 0.5
 GIB = 2**30
@@ -59,21 +59,58 @@ def check_in_memory_flags(data_args, aug_args) -> None:
         raise ValueError(f"--data_in_memory true: {refusal}")
 
 
-def plan_in_memory(data_args, aug_args, num_images: int, settings: PreprocessSettings, device) -> InMemoryPlan:
-    """Decide `--data_in_memory auto|true|false` for `num_images` (train + eval) images of `settings`' size.
+def common_image_size(hf_split) -> tuple[tuple[int, int] | None, str]:
+    """The (width, height) that every image of a split shares, read from the file headers (no pixel is decoded), or
+    None and the first two sizes that differ; the scan stops there. Undecodable files are left to the decoding."""
+    size, first = None, None
+    for row, encoded in enumerate(undecoded(hf_split)["image"]):
+        try:
+            source = io.BytesIO(encoded["bytes"]) if encoded.get("bytes") is not None else encoded["path"]
+            with Image.open(source) as image:
+                here = image.size
+        except IMAGE_ERRORS:
+            continue
+        if size is None:
+            size, first = here, row
+        elif here != size:
+            return None, f"{size[0]}x{size[1]} (row {first}) and {here[0]}x{here[1]} (row {row})"
+    return size, "" if size is None else f"{size[0]}x{size[1]}"
 
-    "auto" takes the path when the flags allow it (`in_memory_refusal`) and the cache fits both
-    `--data_in_memory_max_gb` and half the free memory of `device`; "true" raises ValueError, naming the size the
-    cache would need, when it does not fit the memory (before anything is decoded)."""
-    image_bytes = settings.num_channels * settings.image_size**2
-    cache_bytes = num_images * image_bytes
+
+def plan_in_memory(data_args, aug_args, splits, settings: PreprocessSettings, device) -> InMemoryPlan:
+    """Decide `--data_in_memory auto|true|false` for `splits` at `settings`' size.
+
+    The training images are kept whole at their own resolution, so that the crops are drawn on the original image as
+    in the workers; they must share one size (read from the file headers). Evaluation keeps its centre crop at
+    image_size, as in the workers. "auto" takes the path when the flags allow it (`in_memory_refusal`), the
+    interpolation is one that tensors resize (bilinear, bicubic), the training images share one size and the cache
+    fits both `--data_in_memory_max_gb` and half the free memory of `device`; "true" raises ValueError saying which
+    of these fails (before anything is decoded)."""
     mode = data_args.data_in_memory
     if mode == "false":
-        return InMemoryPlan(False, cache_bytes, "--data_in_memory false")
+        return InMemoryPlan(False, 0, "--data_in_memory false")
     check_in_memory_flags(data_args, aug_args)
-    refusal = in_memory_refusal(data_args, aug_args)
-    size = f"{num_images:,} images of {image_bytes:,} bytes need {cache_bytes / GIB:.2f} GiB"
+    refusal, cache_bytes, size = in_memory_refusal(data_args, aug_args), 0, ""
+    if refusal is None and settings.interpolation not in TENSOR_INTERPOLATIONS:
+        refusal = (
+            f"--interpolation {settings.interpolation}: the workers resize with Pillow's filter, the in-memory path "
+            f"resizes tensors ({', '.join(TENSOR_INTERPOLATIONS)})"
+        )
     if refusal is None:
+        train_size, sizes = common_image_size(splits.train)
+        if train_size is None:
+            refusal = (
+                f"the training images are of more than one size ({sizes}): the in-memory path keeps them whole, at "
+                "their own resolution, in one tensor"
+            )
+    if refusal is None:
+        channels, side = settings.num_channels, settings.image_size
+        num_train, num_eval = len(splits.train), len(splits.validation)
+        cache_bytes = channels * (num_train * train_size[0] * train_size[1] + num_eval * side * side)
+        size = (
+            f"{num_train:,} training images of {sizes} and {num_eval:,} evaluation images of {side}x{side} need "
+            f"{cache_bytes / GIB:.2f} GiB"
+        )
         available = free_memory_bytes(torch.device(device))
         if cache_bytes > MEMORY_SHARE * available:
             refusal = f"{size}, more than half of the {available / GIB:.1f} GiB free on {device}"
@@ -90,20 +127,19 @@ def plan_in_memory(data_args, aug_args, num_images: int, settings: PreprocessSet
 
 
 def decode_all(
-    hf_split, settings: PreprocessSettings, max_bad_fraction: float, num_workers: int, device
+    hf_split, transform, max_bad_fraction: float, num_workers: int, device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every image of a split decoded once, as the worker path decodes it (`EvalTransform`: the short side resized to
-    image_size / crop_pct, the center crop kept; undecodable images replaced by the next good one, counted and
-    checked against `max_bad_fraction`) -> (N, C, S, S) uint8 images and the labels as `collate` gives them ((N,)
-    class indices, or (N, num_classes) multi-hot) on `device`."""
-    dataset = ImageClassificationDataset(hf_split, EvalTransform(settings), max_bad_fraction)
+    """Every image of a split decoded once through `transform` (to a (C, H, W) uint8 tensor of one shape for all),
+    undecodable images replaced by the next good one, counted and checked against `max_bad_fraction`, as the worker
+    path decodes them -> (N, C, H, W) uint8 images and the labels as `collate` gives them ((N,) class indices, or
+    (N, num_classes) multi-hot) on `device`."""
+    dataset = ImageClassificationDataset(hf_split, transform, max_bad_fraction)
     loader = torch.utils.data.DataLoader(dataset, batch_size=256, num_workers=num_workers, collate_fn=collate)
-    images = torch.empty(
-        len(dataset), settings.num_channels, settings.image_size, settings.image_size, dtype=torch.uint8
-    )
-    labels, start, replaced = [], 0, 0
+    images, labels, start, replaced = None, [], 0, 0
     for batch in loader:
         end = start + len(batch["labels"])
+        if images is None:
+            images = torch.empty(len(dataset), *batch["pixel_values"].shape[1:], dtype=torch.uint8)
         images[start:end] = batch["pixel_values"]
         labels.append(batch["labels"])
         replaced, start = replaced + batch["replaced"], end
@@ -128,53 +164,79 @@ class DecodedImages(torch.utils.data.Dataset):
         return {"pixel_values": self.images[index], "labels": self.labels[index], "replaced": 0}
 
 
+def crop_and_flip(settings: PreprocessSettings, aug_args) -> tuple[RandomResizedCropAndInterpolation, float]:
+    """The random resized crop and the flip probability of the worker path's training transform (the very objects
+    `build_train_transform` builds, so both paths crop with the same scale, ratio, size and interpolation)."""
+    crop, hflip = None, 0.0
+    for op in build_train_transform(settings, aug_args).transforms[-1].transforms:
+        if isinstance(op, RandomResizedCropAndInterpolation):
+            crop = op
+        elif isinstance(op, T.RandomHorizontalFlip):
+            hflip = op.p
+    return crop, hflip
+
+
 class AugmentedImages(DecodedImages):
     """
-    Decoded training images, augmented a batch at a time: keys (epoch, index[, copy]) from `EpochSampler` -> one
-    batch as `DecodedImages` gives it.
+    Decoded training images at their own resolution (N, C, H, W), augmented a batch at a time: keys (epoch, index[,
+    copy]) from `EpochSampler` -> one batch {"pixel_values": (B, C, S, S) uint8, "labels", "replaced": 0}.
 
-    Each sample's crop (timm's RandomResizedCrop parameters: a box of `scale` of the area and aspect ratio in 3/4..4/3,
-    else the center crop) and horizontal flip are drawn from its own generator seeded by (seed, epoch, index[, copy]),
-    as the worker path seeds each sample, so an epoch replays identically from any batch. The crops of the whole
-    batch are then resampled in one bilinear `roi_align` on the images' device and the flips applied with one
-    `torch.where`; a batch of whole-image crops is not resampled at all. The crop is taken from the stored image, the
-    center crop that evaluation uses (all of the image at crop_pct 1.0).
+    Each sample draws what the worker path draws for it under the same seed (`sampling.sample_seed`): the crop box
+    from timm's `RandomResizedCropAndInterpolation.get_params` on the whole original image with Python's `random`
+    seeded, then the flip as torchvision's `RandomHorizontalFlip` draws it, `torch.rand(1) < hflip` from a generator
+    seeded alike. So both paths take the same boxes of the same images and flip the same samples; the box is resized
+    to S x S with the crop's interpolation by torch's antialiased kernel (within an intensity level or two of
+    Pillow's). A batch whose boxes are all whole S x S images is not resampled at all.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, seed: int, crop_scale=(0.08, 1.0), hflip=0.5):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        seed: int,
+        crop: RandomResizedCropAndInterpolation,
+        hflip: float = 0.5,
+    ):
         super().__init__(images, labels)
-        self.seed, self.crop_scale, self.hflip = seed, tuple(crop_scale), hflip
+        self.seed, self.crop, self.hflip = seed, crop, hflip
+        self.generator = torch.Generator()
 
     def __getitems__(self, keys: list[tuple[int, ...]]) -> dict:
-        size = self.images.shape[-1]
-        boxes, flips = zip(*(self._draw(key, size) for key in keys), strict=True)
-        batch = super().__getitems__([key[1] for key in keys])
-        pixels = batch["pixel_values"]
-        device = pixels.device
-        if any(box != (0, 0, size, size) for box in boxes):
-            rois = torch.tensor([(i, *box) for i, box in enumerate(boxes)], dtype=torch.float32, device=device)
-            resampled = roi_align(pixels.float(), rois, output_size=size, sampling_ratio=0, aligned=True)
-            pixels = resampled.round_().clamp_(0, 255).to(torch.uint8)
-        flip = torch.tensor(flips, device=device).view(-1, 1, 1, 1)
+        indices = [key[1] for key in keys]
+        draws = self.draw(keys)
+        batch = super().__getitems__(indices)
+        height, width = self.images.shape[-2:]
+        size = list(self.crop.size)
+        if any(box != (0, 0, height, width) for box, _ in draws) or [height, width] != size:
+            pixels = torch.stack(
+                [
+                    F.resized_crop(self.images[i], *box, size, interpolation=self.crop.interpolation, antialias=True)
+                    for i, (box, _) in zip(indices, draws, strict=True)
+                ]
+            )
+        else:
+            pixels = batch["pixel_values"]
+        flip = torch.tensor([flipped for _, flipped in draws], device=pixels.device).view(-1, 1, 1, 1)
         batch["pixel_values"] = torch.where(flip, pixels.flip(-1), pixels)
         return batch
 
-    def _draw(self, key: tuple[int, ...], size: int) -> tuple[tuple[float, float, float, float], bool]:
-        """Sample `key`'s crop box (x0, y0, x1, y1) in pixels and its flip."""
-        rng = random.Random(sample_seed(self.seed, key))
-        area = size * size
-        box = (0, 0, size, size)
-        if self.crop_scale != (1.0, 1.0):
-            log_ratio = (math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]))
-            for _ in range(CROP_TRIES):
-                target = area * rng.uniform(*self.crop_scale)
-                ratio = math.exp(rng.uniform(*log_ratio))
-                width, height = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
-                if 0 < width <= size and 0 < height <= size:
-                    x0, y0 = rng.randint(0, size - width), rng.randint(0, size - height)
-                    box = (x0, y0, x0 + width, y0 + height)
-                    break
-        return box, rng.random() < self.hflip
+    def draw(self, keys: list[tuple[int, ...]]) -> list[tuple[tuple[int, int, int, int], bool]]:
+        """Each key's crop box (top, left, height, width) in the original image's pixels and its flip. Python's global
+        `random`, which timm's get_params draws from, is put back afterwards."""
+        state = random.getstate()
+        draws = []
+        try:
+            for key in keys:
+                seed = sample_seed(self.seed, key)
+                random.seed(seed)
+                box = self.crop.get_params(self.images[key[1]], self.crop.scale, self.crop.ratio)
+                flipped = self.hflip > 0 and bool(
+                    torch.rand(1, generator=self.generator.manual_seed(seed)) < self.hflip
+                )
+                draws.append((box, flipped))
+        finally:
+            random.setstate(state)
+        return draws
 
 
 def batch_collate(batch: dict) -> dict:
@@ -186,13 +248,14 @@ def build_in_memory_loaders(splits, settings, aug_args, data_args, args, num_pro
     """(train DataLoader, eval DataLoader, the sampler that takes set_epoch) over decoded splits held on `device`; the
     train order is `EpochSampler`'s, as on the worker path, so resuming and repeated augmentation work the same."""
     max_bad = data_args.max_bad_image_fraction
-    # The whole image is kept for training (its random crops); evaluation keeps its center crop.
-    train_images, train_labels = decode_all(
-        splits.train, replace(settings, crop_pct=1.0), max_bad, args.num_workers, device
+    # The whole image at its own resolution is kept for training (its random crops); evaluation keeps its centre crop.
+    whole = T.Compose([ConvertImage(settings.num_channels), T.PILToTensor()])
+    train_images, train_labels = decode_all(splits.train, whole, max_bad, args.num_workers, device)
+    eval_images, eval_labels = decode_all(
+        splits.validation, EvalTransform(settings), max_bad, args.num_workers, device
     )
-    eval_images, eval_labels = decode_all(splits.validation, settings, max_bad, args.num_workers, device)
     sampler = EpochSampler.for_training(len(train_labels), args, aug_args, num_processes)
-    train = AugmentedImages(train_images, train_labels, args.seed, aug_args.train_crop_scale, aug_args.hflip)
+    train = AugmentedImages(train_images, train_labels, args.seed, *crop_and_flip(settings, aug_args))
     train_loader = torch.utils.data.DataLoader(
         train,
         batch_size=args.per_device_train_batch_size,

@@ -28,8 +28,7 @@ def build_dataloaders(
     `--data_in_memory` chooses it (`in_memory.plan_in_memory`), else decoding in workers; returns (train, eval, the
     object that takes set_epoch)."""
     if not data_args.streaming:
-        num_images = len(splits.train) + len(splits.validation)
-        plan = plan_in_memory(data_args, aug_args, num_images, settings, device)
+        plan = plan_in_memory(data_args, aug_args, splits, settings, device)
         logger.info("Data %s: %s", "decoded once into memory" if plan.use else "decoded in workers", plan.reason)
         if plan.use:
             return build_in_memory_loaders(splits, settings, aug_args, data_args, args, num_processes, device)

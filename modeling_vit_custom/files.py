@@ -17,8 +17,10 @@ def staging_path(path: str | os.PathLike) -> Path:
 
 
 def commit(staging: Path, path: str | os.PathLike) -> Path:
-    """Renames `staging` to `path`, replacing what is there: a folder is moved aside first and removed afterwards,
-    so at every moment `path` is either the old complete version or the new one."""
+    """Renames `staging` to `path`, replacing what is there. A file is renamed over the old one: `path` is at every
+    moment the old complete file or the new one. A folder cannot be renamed over a non-empty one, so the old folder
+    is moved aside to `.old_NAME` first and removed afterwards: between the two renames `path` does not exist (a
+    reader then finds nothing, never a partial folder), and a crash there leaves the old version at `.old_NAME`."""
     path = Path(path)
     if staging.is_dir() and path.exists():
         old = path.with_name(f".old_{path.name}")
@@ -34,9 +36,10 @@ def commit(staging: Path, path: str | os.PathLike) -> Path:
 @contextmanager
 def replacing(path: str | os.PathLike, folder: bool = False) -> Iterator[Path]:
     """Yields a staging path beside `path` (a fresh empty folder with `folder=True`); when the block completes, the
-    staged file or folder replaces `path`; when it raises, the staging is removed and `path` is left as it was. The
-    staging name holds the process id, so two processes writing the same file (two runs filling one cache) each
-    commit a whole copy instead of renaming each other's."""
+    staged file or folder replaces `path` (`commit`: a file atomically, a folder with a moment where `path` is
+    absent); when it raises, the staging is removed and `path` is left as it was. The staging name holds the process
+    id, so two processes writing the same file (two runs filling one cache) each commit a whole copy instead of
+    renaming each other's."""
     path = Path(path)
     staging = path.with_name(f".tmp_{os.getpid()}_{path.name}")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from modeling_vit_custom.bench.harness import (
     example_batch,
     interleaved_throughput,
     paired_ratio,
+    peak_flops_of,
     peak_memory_mb,
 )
 from modeling_vit_custom.bench.loop import model_only_images_per_s
@@ -208,3 +209,13 @@ def test_the_model_only_step_leaves_denormal_floats_as_it_found_them():
     assert images_per_s > 0 and batch == 64
     smallest_normal = torch.finfo(torch.float32).tiny
     assert (torch.tensor(smallest_normal) / 4).item() == smallest_normal / 4 > 0  # 2^-128: exact, not flushed
+
+
+def test_peak_flops_match_the_device_name_word_for_word():
+    """torch.cuda.get_device_name strings: the L40S is not an L4, a PCIe H100 is not the SXM part."""
+    assert peak_flops_of("NVIDIA L40S") == 362e12
+    assert peak_flops_of("NVIDIA L4") == 121e12
+    assert peak_flops_of("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops_of("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_flops_of("NVIDIA A100-SXM4-80GB") == 312e12
+    assert peak_flops_of("NVIDIA A10G") is None

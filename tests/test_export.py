@@ -128,3 +128,12 @@ def test_script_writes_int8_and_measures_it(tmp_path):
     with torch.no_grad():
         expected = LogitsOnly(model)(pixel_values).numpy()
     assert np.abs(runner(output, "onnx")(pixel_values) - expected).max() < 0.05  # int8: close, not exact
+
+
+def test_export_errors_are_one_line_whatever_the_message():
+    """torch.export's second line, or the only line there is; an empty message gives the error's type."""
+    from modeling_vit_custom.interop.export import message_line
+
+    assert message_line(RuntimeError("summary\n\n  detail line\nmore"), 1) == "detail line"
+    assert message_line(RuntimeError("only one line"), 1) == "only one line"
+    assert message_line(RuntimeError(""), 0) == "RuntimeError"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import accelerate
 import pytest
 import torch
 from launch import TINY, environment, events, run, train_command
@@ -117,3 +118,13 @@ def test_fsdp_refuses_what_it_cannot_run_before_reading_data(image_folders, tmp_
     assert result.returncode != 0
     assert message in result.stderr
     assert not (tmp_path / "run" / "run_config.json").exists()
+
+
+def test_fsdp_on_cpu_refuses_an_accelerate_it_is_not_tested_with():
+    """The CPU FSDP switch sets accelerate's internal state: another release stops it loudly, naming both versions."""
+    from modeling_vit_custom.training.sharding import FSDP_ON_CPU_ACCELERATE, check_fsdp_on_cpu_accelerate
+
+    check_fsdp_on_cpu_accelerate(accelerate.__version__)
+    with pytest.raises(RuntimeError, match=r"expected accelerate<1\.17,>=1\.15, .* got accelerate 2\.0\.0"):
+        check_fsdp_on_cpu_accelerate("2.0.0")
+    assert "1.17.0" not in FSDP_ON_CPU_ACCELERATE

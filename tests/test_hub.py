@@ -534,3 +534,26 @@ def test_dataset_and_evaluation_split_come_from_the_recorded_flags():
     assert card.evaluation_split({**hub_run, "evaluation_split": "test"}) == "its `test` split"
     held_out = {"dataset_name": "x", "evaluation_split": None, "val_split_fraction": 0.05, "seed": 1}
     assert card.evaluation_split(held_out) == "a stratified 5% of the training images held out (seed 1)"
+
+
+def test_recipe_names_every_setting_the_run_trained_with():
+    """Layer decay, repeated augmentation and the data path in the recipe; no crop named when none was drawn; the
+    metadata's dataset type is the builder that read local data."""
+    config = {"train_crop_scale": [1.0, 1.0], "hflip": 0.5, "repeated_augmentation": 3, "layer_decay": 0.65,
+              "learning_rate": 0.1, "adam_beta1": 0.9, "adam_beta2": 0.999, "weight_decay": 0.05,
+              "data_path": "memory", "train_dir": "/data/flowers/train"}  # fmt: skip
+    rows = dict(card.recipe(config, 1000, "flowers"))
+    assert rows["Augmentation"].startswith("no random crop (the whole image), horizontal flip 0.5, repeated")
+    assert "repeated augmentation x3" in rows["Augmentation"]
+    assert "random resized crop" not in rows["Augmentation"]
+    assert rows["Optimiser"].endswith("layer-wise rate decay 0.65")
+    assert rows["Data path"].startswith("decoded once into memory")
+    cropped = dict(card.recipe({**config, "train_crop_scale": [0.08, 1.0], "layer_decay": None}, 1000, "x"))
+    assert cropped["Augmentation"].startswith("random resized crop, scale (0.08, 1.0)")
+    assert cropped["Optimiser"].endswith("layer-wise rate decay off")
+    assert dict(card.recipe({**config, "data_path": None}, 1000, "x"))["Data path"] == "not recorded by this run"
+    assert card.source_type({"train_dir": "/data/flowers/train"}) == "imagefolder"
+    assert card.source_type({"train_file": "/data/prepared/train-*.parquet"}) == "parquet"
+    assert card.source_type({"train_file": "/data/x/train.arrow"}) == "arrow"
+    assert card.source_type({"dataset_path": "/data/saved/cifar10"}) == "arrow"
+    assert card.source_type({"dataset_name": "zalando-datasets/fashion_mnist"}) == "zalando-datasets/fashion_mnist"

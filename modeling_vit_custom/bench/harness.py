@@ -29,7 +29,18 @@ logger = logging.getLogger(__name__)
 
 MODELS = ("ours", "timm")
 # Dense bf16 / fp16 tensor throughput of the accelerators MFU is reported for (FLOP/s).
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+# Dense bf16 FLOP/s by the words of the device name, most specific first: "H100" alone is the SXM part.
+PEAK_FLOPS = {
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L40": 181e12,
+    "L4": 121e12,
+    "A10": 125e12,
+}
 # AdamW as training.py builds it (fused, on CPU too); identical for both models, so the step compares the networks.
 OPTIMIZER_SETTINGS = {"lr": 1e-4, "weight_decay": 0.05, "betas": (0.9, 0.999), "fused": True}
 # A fixed mmap threshold makes glibc return every freed tensor above 64 KiB to the OS at once, so resident memory
@@ -198,8 +209,18 @@ def peak_flops(device: torch.device) -> float | None:
     """Dense bf16 throughput of the accelerator (FLOP/s) that MFU is reported against, when it is a known one."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+    return peak_flops_of(torch.cuda.get_device_name(device))
+
+
+def peak_flops_of(name: str) -> float | None:
+    """The PEAK_FLOPS entry whose words appear, in order, among the words of a device name ("NVIDIA L40S" is the
+    L40S, not the L4), or None for a device not in the table."""
+    words = name.replace("-", " ").split()
+    for key, flops in PEAK_FLOPS.items():
+        wanted = key.split()
+        if any(words[i : i + len(wanted)] == wanted for i in range(len(words))):
+            return flops
+    return None
 
 
 def count_parameters(model: nn.Module) -> int:

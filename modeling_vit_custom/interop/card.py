@@ -216,6 +216,19 @@ def dataset_name(config: dict) -> str | None:
     return Path(config["dataset_path"]).name if config.get("dataset_path") else None
 
 
+def source_type(config: dict) -> str | None:
+    """The dataset's type in the card's metadata: the Hub id, else the builder that read the local data (imagefolder,
+    parquet or arrow files, arrow for a saved dataset), else None."""
+    if config.get("dataset_name"):
+        return config["dataset_name"]
+    if config.get("train_dir") or config.get("validation_dir"):
+        return "imagefolder"
+    files = config.get("train_file") or config.get("validation_file")
+    if files:
+        return "parquet" if files.endswith(".parquet") else "arrow"
+    return "arrow" if config.get("dataset_path") else None
+
+
 def evaluation_split(config: dict) -> str:
     """The evaluation data as the run read it, from its recorded flags (folder and file names, not paths)."""
     if config.get("validation_dir"):
@@ -242,6 +255,14 @@ def evaluation_split(config: dict) -> str:
     return f"its `{split}` split (its `test` split where it has no `{split}` split)"
 
 
+# How the training images reached the model, as the run records it (`data_path`).
+DATA_PATHS = {
+    "memory": "decoded once into memory, cropped and flipped a batch at a time (the workers' boxes and flips)",
+    "workers": "decoded and augmented in DataLoader workers",
+    "stream": "streamed, decoded and augmented in DataLoader workers",
+}
+
+
 def recipe(config: dict, parameters: int, dataset: str) -> list[tuple[str, str]]:
     """The training settings a reader needs to redo the run, in words; no paths of the machine it ran on."""
 
@@ -251,10 +272,13 @@ def recipe(config: dict, parameters: int, dataset: str) -> list[tuple[str, str]]
 
     processes = get("num_processes", 1)
     per_device, accumulation = get("per_device_train_batch_size"), get("gradient_accumulation_steps", 1)
+    crop_scale = tuple(get("train_crop_scale", ()))
     augmentation = [
-        f"random resized crop, scale {tuple(get('train_crop_scale', ()))}",
+        "no random crop (the whole image)" if crop_scale == (1.0, 1.0) else f"random resized crop, scale {crop_scale}",
         f"horizontal flip {get('hflip', 0):g}",
     ]
+    if get("repeated_augmentation", 1) > 1:
+        augmentation.append(f"repeated augmentation x{get('repeated_augmentation')}")
     for key, name in (
         ("randaugment", "RandAugment"),
         ("color_jitter", "colour jitter"),
@@ -274,13 +298,15 @@ def recipe(config: dict, parameters: int, dataset: str) -> list[tuple[str, str]]
     rows = [
         ("Model", f"{_format_number(parameters)} parameters" + _overrides(config)),
         ("Data", f"{dataset}; evaluated on {evaluation_split(config)}"),
+        ("Data path", DATA_PATHS.get(config.get("data_path"), "not recorded by this run")),
         ("Augmentation", ", ".join(augmentation)),
         (
             "Optimiser",
             f"{optimiser}, learning rate {get('learning_rate'):g} per 512 images "
             f"({get('effective_learning_rate', 0):.3g} at this batch), betas ({get('adam_beta1'):g}, "
             f"{get('adam_beta2'):g}), weight decay {get('weight_decay'):g}, "
-            f"gradient clipping {_format_setting(get('max_grad_norm'))}",
+            f"gradient clipping {_format_setting(get('max_grad_norm'))}, layer-wise rate decay "
+            f"{_format_setting(config.get('layer_decay'))}",
         ),
         ("Schedule", schedule),
         (
@@ -338,7 +364,7 @@ def _metrics(result: dict | None, num_labels: int) -> list[Metric]:
 def _eval_results(run: RunRecord | None, context: dict) -> list[EvalResult] | None:
     if not context["metrics"]:
         return None
-    dataset_type = run.config.get("dataset_name") or "imagefolder"
+    dataset_type = source_type(run.config)
     return [
         EvalResult(
             task_type="image-classification",

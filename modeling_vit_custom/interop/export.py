@@ -79,12 +79,19 @@ def _export_onnx(wrapper: nn.Module, path: Path, config) -> None:
     program.save(str(path))
 
 
+def message_line(error: Exception, index: int) -> str:
+    """Line `index` of an error's message, stripped (blank lines skipped), or its last line when the message is
+    shorter, or the error's type for an empty message: one line for a one-line error."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[min(index, len(lines) - 1)] if lines else type(error).__name__
+
+
 def _export_torch(wrapper: nn.Module, path: Path, config) -> None:
     try:
         program = torch.export.export(wrapper, (_trace_input(config),), dynamic_shapes=dynamic_shapes(config))
     except torch._dynamo.exc.UserError as error:
         raise ExportError(
-            f"torch.export could not keep height and width dynamic: {str(error).splitlines()[1].strip()} (the "
+            f"torch.export could not keep height and width dynamic: {message_line(error, 1)} (the "
             "model's interpolate_pos_encoding returns the stored embedding unresampled at its own grid, a branch "
             "on the input size; see the README's Deploy section)"
         ) from error
@@ -123,7 +130,7 @@ def verify(path: Path, fmt: str, model: nn.Module, tolerance: float = TOLERANCE)
         except Exception as error:  # each runtime raises its own types; the message is what the user needs
             raise ExportError(
                 f"{fmt}: expected the file to run at batch {batch}, {height} x {width}, got "
-                f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
+                f"{type(error).__name__}: {message_line(error, 0)}"
             ) from error
         difference = float(np.abs(logits - expected).max())
         results.append({"batch": batch, "height": height, "width": width, "max_abs_diff": difference})

@@ -1,6 +1,7 @@
 """FSDP2 through accelerate, also on CPU processes; a module sharded like the model (the EMA copy), checkpointed
 shard by shard; what each process holds."""
 
+import accelerate
 from accelerate import Accelerator, PartialState
 from accelerate.utils import (
     DistributedType,
@@ -10,20 +11,26 @@ from accelerate.utils import (
     parse_flag_from_env,
     save_fsdp_model,
 )
+from packaging.specifiers import SpecifierSet
 from torch import nn
 from torch.distributed.tensor import DTensor
+
+# The accelerate releases `enable_fsdp_on_cpu` is tested with: it sets attributes of accelerate's state that are not
+# public API, which a later release may read elsewhere or rename.
+FSDP_ON_CPU_ACCELERATE = SpecifierSet(">=1.15,<1.17")
 
 
 def enable_fsdp_on_cpu(accelerator: Accelerator) -> bool:
     """Makes an FSDP launch on CPU processes shard; returns whether it did.
 
-    accelerate (1.15) gives its state the FSDP type only on GPU-like devices: launched with an FSDP config (or
+    accelerate (1.15, 1.16) gives its state the FSDP type only on GPU-like devices: launched with an FSDP config (or
     --use_fsdp) under ACCELERATE_USE_CPU=1 it keeps MULTI_CPU, and `prepare` wraps the model in DDP, sharding
     nothing. Here the state gets the type and the plugin (read from the launch's FSDP_* settings) it gets on GPUs, so
     that `prepare` applies `fully_shard` (gloo carries the collectives), `save_state` writes sharded checkpoints and
     `get_state_dict` gathers. Call it right after building the Accelerator, before `prepare`."""
     if accelerator.distributed_type != DistributedType.MULTI_CPU or not parse_flag_from_env("ACCELERATE_USE_FSDP"):
         return False
+    check_fsdp_on_cpu_accelerate(accelerate.__version__)
     plugin = FullyShardedDataParallelPlugin()
     if plugin.fsdp_version != 2:
         raise ValueError(
@@ -34,7 +41,30 @@ def enable_fsdp_on_cpu(accelerator: Accelerator) -> bool:
     accelerator.state.fsdp_plugin = plugin
     # As AcceleratorState does for GPUs: both states say FSDP.
     accelerator.state.distributed_type = PartialState().distributed_type = DistributedType.FSDP
+    if accelerator.distributed_type != DistributedType.FSDP or not accelerator.is_fsdp2:
+        raise RuntimeError(
+            f"FSDP on CPU processes: accelerate {accelerate.__version__} did not take the FSDP2 state it was given "
+            f"(distributed_type {accelerator.distributed_type}); the model would train unsharded"
+        )
     return True
+
+
+def check_fsdp_on_cpu_accelerate(version: str) -> None:
+    """Refuses FSDP on CPU processes with an accelerate release it is not tested with (FSDP_ON_CPU_ACCELERATE)."""
+    if version not in FSDP_ON_CPU_ACCELERATE:
+        raise RuntimeError(
+            f"FSDP on CPU processes: expected accelerate{FSDP_ON_CPU_ACCELERATE}, the releases whose internal state "
+            f"it is tested with, got accelerate {version}; install one of those, or train on GPUs or with DDP"
+        )
+
+
+def check_sharded(model: nn.Module) -> None:
+    """Refuses a prepared FSDP model that holds no sharded parameter: `prepare` did not apply `fully_shard`."""
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        raise RuntimeError(
+            "FSDP: expected the prepared model's parameters sharded (DTensors), got none; accelerate's prepare did "
+            "not apply fully_shard, and the model would train unsharded on every process"
+        )
 
 
 def check_fsdp_arguments(streaming: bool, model: str, channels_last: bool, optim: str):

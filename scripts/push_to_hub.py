@@ -36,7 +36,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         help="Image whose attention map the card shows (default: the first of the run's validation folder).",
     )
+    parser.add_argument(
+        "--space_dir",
+        type=Path,
+        help="Also write a Gradio Space here that serves --hub_model_id at --revision_tag, checked by starting its "
+        "app locally and classifying an image through it (upload it with `hf upload --repo-type space SPACE_ID DIR`).",
+    )
     args = parser.parse_args(argv)
+    if args.space_dir is not None and (args.hub_model_id is None or args.revision_tag is None):
+        parser.error("--space_dir: expected --hub_model_id and --revision_tag (what the Space serves), got not both")
     if args.output_dir is None and args.hub_model_id is None:
         parser.error("expected --output_dir (build only) or --hub_model_id (upload), got neither")
     if args.hub_model_id is None and args.model_name is None:
@@ -64,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             model_name=args.model_name,
             dataset_label=args.dataset_label,
             attention_image=args.attention_image,
+            space_dir=args.space_dir,
         )
     except (OSError, ValueError, RuntimeError) as error:
         # Bad input, offline upload or a failed verification: the message says which; a traceback adds nothing.

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from ..configuration_vit_custom import AUTO_MAP
 from ..files import check_output_folder, read_json, replacing, weight_files, write_json
 from ..inference.attention_maps import draw_attention
+from ..inference.demo import sample_photos
 from ..inference.images import IMAGE_SUFFIXES, pipeline_limitation
 from ..training.run_log import CURVES_FILE, read_run
 from .card import DEFAULT_TEMPLATE_PATH, card_context, card_title, render_card
@@ -273,14 +274,24 @@ def push_run(
     model_name: str | None = None,
     dataset_label: str | None = None,
     attention_image: str | os.PathLike | None = None,
+    space_dir: str | os.PathLike | None = None,
 ) -> Path | str:
     """Builds the repository folder, verifies it in a clean process, and uploads it unless there is no
     `hub_model_id` or `dry_run`. Returns the folder (built only) or the commit URL (uploaded).
 
     The folder goes to `output_dir` (written whole or not at all), or to a temporary folder when uploading only; a
-    dry run without `output_dir` keeps its temporary folder and returns it."""
+    dry run without `output_dir` keeps its temporary folder and returns it. With `space_dir`, a Gradio Space that
+    serves `hub_model_id` at `revision_tag` is written there too (whole or not at all) and checked by starting its
+    app on the built folder, before anything is uploaded."""
     if hub_model_id is None and output_dir is None:
         raise ValueError("push_run: expected output_dir (build only) or hub_model_id (upload), got neither")
+    if space_dir is not None and (hub_model_id is None or revision_tag is None):
+        raise ValueError(
+            "--space_dir: expected --hub_model_id and --revision_tag (the repository and revision the Space serves), "
+            f"got {hub_model_id!r} and {revision_tag!r}"
+        )
+    if space_dir is not None:
+        check_output_folder(space_dir, overwrite, "--space_dir")
     upload_wanted = hub_model_id is not None and not dry_run
     if upload_wanted and is_offline_mode():
         raise RuntimeError(
@@ -289,6 +300,9 @@ def push_run(
         )
     card_title(hub_model_id, model_name)
     model_dir = Path(model_dir)
+    config_path = model_dir / "config.json"
+    if config_path.is_file() and (limitation := pipeline_limitation(read_json(config_path).get("num_channels", 3))):
+        logger.info("%s: %s (the card says so)", model_dir, limitation)
 
     def build_and_verify(folder: Path):
         build_folder(
@@ -305,6 +319,17 @@ def push_run(
             attention_image=attention_image,
         )
         verify_folder(folder, model_dir)
+        if space_dir is not None:
+            build_space(folder)
+
+    def build_space(model_folder: Path):
+        from .space import verify_space, write_space
+
+        examples = ([Path(attention_image)] if attention_image is not None else []) + sample_photos()
+        with replacing(space_dir, folder=True) as staging:
+            write_space(staging, hub_model_id, revision_tag, examples, title=model_name, license=license)
+            verify_space(staging, model_folder)
+        logger.info("wrote the Space %s (upload: hf upload --repo-type space SPACE_ID %s)", space_dir, space_dir)
 
     if output_dir is not None:
         folder = check_output_folder(output_dir, overwrite)

@@ -7,6 +7,7 @@ loss, top-1 and top-5, or for a multi-label model and split (Sequence(ClassLabel
 """
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from modeling_vit_custom.cli import setup_logging
 from modeling_vit_custom.data.arguments import DataArguments
 from modeling_vit_custom.files import write_json
 from modeling_vit_custom.training.arguments import ModelArguments, parse_args
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,7 +39,7 @@ def main(argv: list[str] | None = None):
     import torch
     from accelerate import Accelerator
 
-    from modeling_vit_custom.data.decoding import ImageClassificationDataset, collate
+    from modeling_vit_custom.data.decoding import ImageClassificationDataset, check_bad_images, collate
     from modeling_vit_custom.data.sources import load_datasets
     from modeling_vit_custom.data.transforms import EvalTransform, Normalize
     from modeling_vit_custom.interop.loading import load_for_evaluation, split_for
@@ -50,7 +53,8 @@ def main(argv: list[str] | None = None):
     model, settings = load_for_evaluation(model_args, args.checkpoint)
     validation = split_for(model, splits)
     num_classes = num_classes_of(model)  # read before accelerate wraps the model
-    dataset = ImageClassificationDataset(validation, EvalTransform(settings), data_args.max_bad_image_fraction)
+    max_bad = data_args.max_bad_image_fraction
+    dataset = ImageClassificationDataset(validation, EvalTransform(settings), max_bad, skip_bad=True)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=args.per_device_eval_batch_size,
@@ -64,6 +68,12 @@ def main(argv: list[str] | None = None):
         model, loader, Normalize(settings), accelerator, num_classes, multi_label=splits.multi_label
     )
     result["images_per_second"] = result["eval_samples"] / (time.perf_counter() - start)
+    skipped, total = result["eval_skipped"], result["eval_samples"] + result["eval_skipped"]
+    if skipped:
+        logger.warning(
+            "Skipped %d of %d images that could not be read; scored the %d read", skipped, total, total - skipped
+        )
+    check_bad_images(skipped, total, max_bad)
     if accelerator.is_main_process:
         print(json.dumps(result, indent=2))
         if args.output_json:

@@ -2,6 +2,7 @@
 
 import gzip
 import io
+import json
 import logging
 import subprocess
 import sys
@@ -567,3 +568,43 @@ def test_validation_only_carve_matches_training(tmp_path):
     full, only = load_datasets(args, seed=4), load_datasets(args, seed=4, split="validation")
     assert only.train is None
     assert samples(only.validation, streaming=False) == samples(full.validation, streaming=False)
+
+
+def test_evaluation_scores_only_the_images_it_read_and_stops_above_the_limit(tmp_path):
+    """evaluate_model.py on a folder where 2 of 26 files are unreadable: top-1 over the 24 read (the same as on a
+    folder of those 24 alone), 2 skipped and said so; refused at the default 1% limit, writing no result."""
+    from launch import CLASSES, ROOT, environment, write_split
+
+    from modeling_vit_custom import ViTCustomConfig, ViTCustomForImageClassification
+
+    torch.manual_seed(0)
+    labels = dict(enumerate(CLASSES))
+    config = ViTCustomConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=64, id2label=labels,
+                             label2id={v: k for k, v in labels.items()})  # fmt: skip
+    ViTCustomForImageClassification(config).save_pretrained(tmp_path / "model")
+    write_split(tmp_path / "good", [8, 8, 8], seed=0)
+    write_split(tmp_path / "with_bad", [8, 8, 8], seed=0)
+    (tmp_path / "with_bad" / "red" / "broken.png").write_bytes(b"not an image")
+    (tmp_path / "with_bad" / "blue" / "truncated.png").write_bytes(solid_png(9)[:40])
+
+    def evaluate(folder: str, *extra: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, str(ROOT / "scripts/evaluate_model.py"), "--model_name_or_path",
+                   str(tmp_path / "model"), "--validation_dir", str(tmp_path / folder), "--num_workers", "0",
+                   "--per_device_eval_batch_size", "5", "--output_json", str(tmp_path / f"{folder}.json"),
+                   *extra]  # fmt: skip
+        return subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=300)
+
+    good = evaluate("good")
+    assert good.returncode == 0, good.stderr[-2000:]
+    result = evaluate("with_bad", "--max_bad_image_fraction", "0.1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected, got = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("good", "with_bad"))
+    assert got["eval_samples"] == 24 and got["eval_skipped"] == 2 and expected["eval_skipped"] == 0
+    assert got["eval_top1"] == expected["eval_top1"]
+    assert got["eval_loss"] == pytest.approx(expected["eval_loss"], rel=1e-6)
+    assert "Skipped 2 of 26 images that could not be read; scored the 24 read" in result.stderr
+    (tmp_path / "with_bad.json").unlink()
+    refused = evaluate("with_bad")
+    assert refused.returncode != 0 and not (tmp_path / "with_bad.json").exists()
+    assert "2 of 26 images (7.69%) could not be decoded, more than max_bad_image_fraction=1.00%" in refused.stderr

@@ -128,12 +128,16 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     Item i -> {"pixel_values": (C, H, W) uint8 tensor, "labels": int (a multi-label split: (num_classes,) multi-hot),
     "replaced": int}. The image is decoded in the DataLoader worker from its stored bytes; an undecodable image is
     replaced by the next good sample, logged once with its index, and counted in "replaced", which `collate` sums so
-    the count reaches the training loop.
+    the count reaches the training loop. With `skip_bad` (evaluation, which counts only the images it read) it is
+    not replaced: the item holds the transform's `blank()` image and "read": False, which `collate` gathers into a
+    (B,) mask.
     """
 
-    def __init__(self, hf_dataset: datasets.Dataset, transform: Callable, max_bad_fraction: float = 0.01):
+    def __init__(
+        self, hf_dataset: datasets.Dataset, transform: Callable, max_bad_fraction: float = 0.01, skip_bad: bool = False
+    ):
         self.dataset = undecoded(hf_dataset)
-        self.transform = transform
+        self.transform, self.skip_bad = transform, skip_bad
         self.target = LabelTarget(hf_dataset.features["label"])
         self.counter = _BadImageCounter(max_bad_fraction)
 
@@ -170,6 +174,9 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
                 image = decode_image(encoded, self.transform)
             except IMAGE_ERRORS as e:
                 self.counter.bad(f"at index {i}{_file_of(encoded)}", e)
+                if self.skip_bad:
+                    blank = self.transform.blank()
+                    return {"pixel_values": blank, "labels": self.target(label), "replaced": 0, "read": False}
                 replaced += 1
                 if replaced >= min(MAX_CONSECUTIVE_BAD, len(self.dataset)):
                     raise TooManyBadImages(
@@ -180,7 +187,8 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
                 encoded, label = example["image"], example["label"]
                 continue
             self.counter.good()
-            return {"pixel_values": self.transform(image), "labels": self.target(label), "replaced": replaced}
+            item = {"pixel_values": self.transform(image), "labels": self.target(label), "replaced": replaced}
+            return {**item, "read": True} if self.skip_bad else item
 
 
 class StreamingImageClassificationDataset(torch.utils.data.IterableDataset):
@@ -270,10 +278,11 @@ class StreamingImageClassificationDataset(torch.utils.data.IterableDataset):
 
 def collate(batch: list[dict]) -> dict:
     """Items -> {"pixel_values": (B, C, H, W), "labels": (B,) int64 class indices or (B, num_classes) multi-hot
-    float32, "replaced": int (replaced in the batch)}."""
+    float32, "replaced": int (replaced in the batch)}, and "read": (B,) bool where the items say which were read."""
     labels = [item["labels"] for item in batch]
     return {
         "pixel_values": torch.stack([item["pixel_values"] for item in batch]),
         "labels": torch.stack(labels) if torch.is_tensor(labels[0]) else torch.tensor(labels, dtype=torch.long),
         "replaced": sum(item["replaced"] for item in batch),
+        **({"read": torch.tensor([item["read"] for item in batch])} if "read" in batch[0] else {}),
     }

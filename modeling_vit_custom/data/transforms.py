@@ -109,6 +109,10 @@ class EvalTransform:
         image = F.center_crop(image, self.size)
         return image if self.resize_tensor else F.pil_to_tensor(image)
 
+    def blank(self) -> torch.Tensor:
+        """A black (C, S, S) uint8 image: the place of an image that could not be read, masked out of the results."""
+        return torch.zeros(len(self.mode), self.size, self.size, dtype=torch.uint8)
+
     def __repr__(self) -> str:
         return (
             f"{self.__class__.__name__}(size={self.size}, scale_size={self.scale_size}, mode={self.mode!r}, "

@@ -28,6 +28,8 @@ def run_evaluation(
 ) -> dict:
     """Loss, top-1 and top-5 (multi-label: binary cross-entropy, mAP and F1 at 0.5) over the whole split on any number
     of processes, counting each sample once; `normalize` turns the loader's uint8 batches into the model's input.
+    Batches with a "read" mask (a prepared loader over `ImageClassificationDataset(skip_bad=True)`) score only the
+    images read, and the result counts the others as "eval_skipped".
 
     A prepared loader gives every process the same number of batches: each batch is gathered as it comes. A stream's
     shards are disjoint and uneven, so a process may have fewer batches than another: its results are kept and
@@ -39,10 +41,11 @@ def run_evaluation(
     model.eval()
     num_ranked = min(5, num_classes)
     total_loss = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-    kept = []
+    kept, skipped = [], None
     for batch in loader:
         pixel_values = normalize(batch["pixel_values"].to(accelerator.device, non_blocking=True))
         labels = batch["labels"].to(accelerator.device, non_blocking=True)
+        read = batch.get("read")
         with accelerator.autocast():
             logits = logits_of(model, pixel_values).float()
         if multi_label:
@@ -51,9 +54,17 @@ def run_evaluation(
         else:
             losses = F.cross_entropy(logits, labels, reduction="none")
             predictions = logits.topk(num_ranked, dim=-1).indices  # (B, k): only the ranking travels
-        if prepared:
+        if prepared and read is not None:
+            # Images that could not be read are counted, never scored.
+            predictions, labels, losses, read = accelerator.gather_for_metrics(
+                (predictions, labels, losses, read.to(accelerator.device))
+            )
+            predictions, labels, losses = predictions[read], labels[read], losses[read]
+            skipped = (0 if skipped is None else skipped) + int((~read).sum())
+        elif prepared:
             # Drops the samples the prepared loader repeated to give every process equal batches.
             predictions, labels, losses = accelerator.gather_for_metrics((predictions, labels, losses))
+        if prepared:
             metric.add_batch(predictions=predictions.cpu().numpy(), references=labels.long().cpu().numpy())
             total_loss += losses.double().sum()
         else:
@@ -82,7 +93,8 @@ def run_evaluation(
         result = metric.compute(k=[1, num_ranked])
         values = {"eval_top1": result["top1"], "eval_top5": result[f"top{num_ranked}"]}
     samples = result["samples"]
-    return {"eval_loss": float(total_loss) / max(samples, 1), **values, "eval_samples": samples}
+    counts = {"eval_samples": samples} if skipped is None else {"eval_samples": samples, "eval_skipped": skipped}
+    return {"eval_loss": float(total_loss) / max(samples, 1), **values, **counts}
 
 
 def ranks_in_sync(model: nn.Module, accelerator) -> bool:
@@ -97,3 +109,4 @@ def ranks_in_sync(model: nn.Module, accelerator) -> bool:
         offset += bits.numel()
     fingerprints = accelerator.gather(fingerprint)
     return bool((fingerprints == fingerprints[0]).all())
+

@@ -109,4 +109,3 @@ def ranks_in_sync(model: nn.Module, accelerator) -> bool:
         offset += bits.numel()
     fingerprints = accelerator.gather(fingerprint)
     return bool((fingerprints == fingerprints[0]).all())
-

@@ -6,6 +6,9 @@ from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+POOLINGS = ("cls", "mean", "map")
+NORM_TYPES = ("layer_norm", "rms_norm")
+MLP_TYPES = ("plain", "gated")
 
 AUTO_MAP = {
     "AutoConfig": "configuration_vit_custom.ViTCustomConfig",
@@ -35,7 +38,9 @@ class ViTCustomConfig(PretrainedConfig):
         intermediate_size (`int`, *optional*, defaults to 3072):
             Width of the MLP's hidden layer.
         hidden_act (`str`, *optional*, defaults to `"gelu"`):
-            Activation of the MLP, a key of `transformers.activations.ACT2FN` (`"gelu"` is the exact erf GELU).
+            Activation of the MLP, a key of `transformers.activations.ACT2FN`: `"gelu"` is the exact erf GELU,
+            `"gelu_pytorch_tanh"` its tanh approximation (SigLIP), `"quick_gelu"` x * sigmoid(1.702 x) (OpenAI CLIP),
+            `"silu"` the gate of a SwiGLU MLP (`mlp_type="gated"`).
         hidden_dropout_prob (`float`, *optional*, defaults to 0.0):
             Dropout on the embeddings, the attention output projection and the MLP.
         attention_probs_dropout_prob (`float`, *optional*, defaults to 0.0):
@@ -44,12 +49,44 @@ class ViTCustomConfig(PretrainedConfig):
             Stochastic depth rate of the last layer; it rises linearly from 0 over the layers, as in timm and DeiT.
         qkv_bias (`bool`, *optional*, defaults to `True`):
             Whether the fused query/key/value projection has a bias.
+        proj_bias (`bool`, *optional*, defaults to `True`):
+            Whether the attention's output projection and the MLP's layers have biases (AIMv2: false).
+        qk_norm (`bool`, *optional*, defaults to `False`):
+            Normalise each head's queries and keys (`norm_type`, over head_dim) before attention.
+        layer_scale_init_value (`float`, *optional*):
+            LayerScale (CaiT, DeiT III, DINOv2): each residual branch is scaled per channel by a learned vector
+            initialised to this value. Unset: no scaling.
+        mlp_type (`str`, *optional*, defaults to `"plain"`):
+            `"plain"`: fc1 -> activation -> fc2. `"gated"`: fc1 gives a gate and a value of intermediate_size each,
+            act(gate) * value -> fc2 (SwiGLU with `hidden_act="silu"`, as DINOv2-giant and AIMv2).
+        norm_type (`str`, *optional*, defaults to `"layer_norm"`):
+            Every norm of the model: `"layer_norm"` or `"rms_norm"` (AIMv2).
         layer_norm_eps (`float`, *optional*, defaults to 1e-6):
-            Epsilon of every LayerNorm (timm uses 1e-6; transformers' `google/vit-*` checkpoints use 1e-12).
+            Epsilon of every norm (timm uses 1e-6, CLIP 1e-5; transformers' `google/vit-*` checkpoints use 1e-12).
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the truncated normal initialisation.
+        class_token (`bool`, *optional*, defaults to `True`):
+            Whether a learned class token leads the token sequence (SigLIP, AIMv2 and the `*_gap` models have none).
+        num_register_tokens (`int`, *optional*, defaults to 0):
+            Learned register tokens (Darcet et al. 2023) after the class token: they take part in attention and are
+            left out of every pooling. The class token and the registers are the sequence's prefix tokens.
+        prefix_position_embeddings (`bool`, *optional*, defaults to `True`):
+            Whether the prefix tokens have position embeddings (rows before the patches'). False is timm's
+            `no_embed_class` (DeiT III, FlexiViT, DINOv2 with registers): only the patches are position-embedded.
+        pre_norm (`bool`, *optional*, defaults to `False`):
+            A norm on the embedded tokens before the first layer (`norm_pre`, CLIP); the patch projection then has
+            no bias, as in CLIP and timm.
+        patch_norm (`bool`, *optional*, defaults to `False`):
+            A norm on the projected patches, before the prefix tokens and position embeddings join (AIMv2).
+        final_norm (`bool`, *optional*, defaults to `True`):
+            A norm after the last layer (on every token, or after pooling with `fc_norm`).
+        fc_norm (`bool`, *optional*, defaults to `False`):
+            The final norm moves after pooling (timm's `fc_norm`, the usual companion of mean pooling): the tokens
+            come out of the encoder unnormed. Needs `final_norm`.
         pooling (`str`, *optional*, defaults to `"cls"`):
-            `"cls"` classifies the class token, `"mean"` the mean of the patch tokens.
+            What the head classifies: `"cls"` the class token, `"mean"` the mean of the patch tokens, `"map"`
+            multihead attention pooling of the patch tokens by a learned query (SigLIP; timm's
+            `AttentionPoolLatent`, with its own attention, norm and MLP).
         conv_stem_depth (`int`, *optional*, defaults to 0):
             0 cuts the image into patches and projects them linearly (ViT). N > 0 replaces that with N 3x3
             convolutions with BatchNorm and ReLU and a 1x1 projection to hidden_size: the convolutional stem of Xiao
@@ -87,6 +124,18 @@ class ViTCustomConfig(PretrainedConfig):
         qkv_bias: bool = True,
         layer_norm_eps: float = 1e-6,
         initializer_range: float = 0.02,
+        proj_bias: bool = True,
+        qk_norm: bool = False,
+        layer_scale_init_value: float | None = None,
+        mlp_type: str = "plain",
+        norm_type: str = "layer_norm",
+        class_token: bool = True,
+        num_register_tokens: int = 0,
+        prefix_position_embeddings: bool = True,
+        pre_norm: bool = False,
+        patch_norm: bool = False,
+        final_norm: bool = True,
+        fc_norm: bool = False,
         pooling: str = "cls",
         conv_stem_depth: int = 0,
         conv_stem_channels: list[int] | None = None,
@@ -113,6 +162,18 @@ class ViTCustomConfig(PretrainedConfig):
         self.qkv_bias = qkv_bias
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
+        self.proj_bias = proj_bias
+        self.qk_norm = qk_norm
+        self.layer_scale_init_value = layer_scale_init_value
+        self.mlp_type = mlp_type
+        self.norm_type = norm_type
+        self.class_token = class_token
+        self.num_register_tokens = num_register_tokens
+        self.prefix_position_embeddings = prefix_position_embeddings
+        self.pre_norm = pre_norm
+        self.patch_norm = patch_norm
+        self.final_norm = final_norm
+        self.fc_norm = fc_norm
         self.pooling = pooling
         self.conv_stem_depth = conv_stem_depth
         # Tuples become lists (as config.json gives them back); anything else is left for _validate to name.
@@ -121,6 +182,11 @@ class ViTCustomConfig(PretrainedConfig):
         )
         self.conv_stem_strides = list(conv_stem_strides) if isinstance(conv_stem_strides, tuple) else conv_stem_strides
         self._validate()
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches: the class token (if any), then the registers."""
+        return int(self.class_token) + self.num_register_tokens
 
     @property
     def stem_channels(self) -> list[int]:
@@ -172,14 +238,46 @@ class ViTCustomConfig(PretrainedConfig):
             )
         if self.hidden_act not in ACT2FN:
             raise ValueError(f"ViTCustomConfig.hidden_act: expected one of {sorted(ACT2FN)}, got {self.hidden_act!r}")
-        if not isinstance(self.qkv_bias, bool):
-            raise ValueError(f"ViTCustomConfig.qkv_bias: expected true or false, got {self.qkv_bias!r}")
+        for name in (
+            "qkv_bias",
+            "proj_bias",
+            "qk_norm",
+            "class_token",
+            "prefix_position_embeddings",
+            "pre_norm",
+            "patch_norm",
+            "final_norm",
+            "fc_norm",
+        ):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ViTCustomConfig.{name}: expected true or false, got {getattr(self, name)!r}")
+        registers = self.num_register_tokens
+        if isinstance(registers, bool) or not isinstance(registers, int) or registers < 0:
+            raise ValueError(
+                f"ViTCustomConfig.num_register_tokens: expected a non-negative integer, got {registers!r}"
+            )
+        scale = self.layer_scale_init_value
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0):
+            raise ValueError(
+                f"ViTCustomConfig.layer_scale_init_value: expected None or a positive number, got {scale!r}"
+            )
+        for name, allowed in (("mlp_type", MLP_TYPES), ("norm_type", NORM_TYPES), ("pooling", POOLINGS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"ViTCustomConfig.{name}: expected one of {allowed}, got {getattr(self, name)!r}")
+        if self.pooling == "cls" and not self.class_token:
+            raise ValueError(
+                "ViTCustomConfig.pooling: expected 'mean' or 'map' for a model without a class token "
+                "(class_token=False), got 'cls'"
+            )
+        if self.fc_norm and not self.final_norm:
+            raise ValueError(
+                "ViTCustomConfig.fc_norm: expected false without a final norm (fc_norm moves the final norm after "
+                "pooling; final_norm=False has none), got true"
+            )
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
             raise ValueError(
                 f"ViTCustomConfig.problem_type: expected None or one of {PROBLEM_TYPES}, got {self.problem_type!r}"
             )
-        if self.pooling not in ("cls", "mean"):
-            raise ValueError(f"ViTCustomConfig.pooling: expected 'cls' or 'mean', got {self.pooling!r}")
         depth = self.conv_stem_depth
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
             raise ValueError(f"ViTCustomConfig.conv_stem_depth: expected a non-negative integer, got {depth!r}")

@@ -11,14 +11,26 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_vit_custom import ViTCustomConfig
 
+NORMS = {"layer_norm": nn.LayerNorm, "rms_norm": nn.RMSNorm}
+
+
+def build_norm(config: ViTCustomConfig, width: int | None = None) -> nn.Module:
+    """The config's norm (`norm_type`, `layer_norm_eps`) over `width` channels (default hidden_size)."""
+    return NORMS[config.norm_type](width or config.hidden_size, eps=config.layer_norm_eps)
+
 
 def resample_position_embeddings(
-    position_embeddings: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int], antialias: bool = False
+    position_embeddings: torch.Tensor,
+    old_grid: tuple[int, int],
+    new_grid: tuple[int, int],
+    antialias: bool = False,
+    num_prefix_tokens: int = 1,
 ) -> torch.Tensor:
-    """Position embeddings (1, 1 + old_h * old_w, D) -> (1, 1 + new_h * new_w, D): the class token's row kept, the
-    patch rows resampled as an image, bicubic in float32 (timm's `resample_abs_pos_embed`; timm antialiases by
-    default, which also changes the bicubic kernel when upsampling)."""
-    cls_pos, patch_pos = position_embeddings[:, :1], position_embeddings[:, 1:]
+    """Position embeddings (1, P + old_h * old_w, D) -> (1, P + new_h * new_w, D): the P prefix tokens' rows (class
+    token, registers) kept, the patch rows resampled as an image, bicubic in float32 (timm's
+    `resample_abs_pos_embed`; timm antialiases by default, which also changes the bicubic kernel when upsampling)."""
+    cls_pos = position_embeddings[:, :num_prefix_tokens]
+    patch_pos = position_embeddings[:, num_prefix_tokens:]
     dim = patch_pos.shape[-1]
     grid = patch_pos.reshape(1, *old_grid, dim).permute(0, 3, 1, 2)
     # By target size (not scale factor) so the result has exactly the new grid and the op traces.
@@ -28,8 +40,9 @@ def resample_position_embeddings(
 
 
 class ViTCustomEmbeddings(nn.Module):
-    """Image (B, C, H, W) -> tokens (B, 1 + num_patches, hidden_size): patches and a linear projection (or the
-    convolutional stem, `conv_stem_depth` > 0), class token, learned position embedding, dropout."""
+    """Image (B, C, H, W) -> tokens (B, P + num_patches, hidden_size): patches and a linear projection (or the
+    convolutional stem, `conv_stem_depth` > 0), the P prefix tokens (class token, then registers) in front, learned
+    position embeddings (on the patches, and on the prefix with `prefix_position_embeddings`), dropout."""
 
     def __init__(self, config: ViTCustomConfig):
         super().__init__()
@@ -51,9 +64,15 @@ class ViTCustomEmbeddings(nn.Module):
             self.conv_stem = nn.Sequential(*layers, nn.Conv2d(widths[-1], config.hidden_size, 1))
         else:
             self.to_patches = Rearrange("b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p)
-            self.patch_proj = nn.Linear(p * p * config.num_channels, config.hidden_size)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-        self.position_embeddings = nn.Parameter(torch.zeros(1, 1 + self.grid_size**2, config.hidden_size))
+            self.patch_proj = nn.Linear(p * p * config.num_channels, config.hidden_size, bias=not config.pre_norm)
+        self.patch_norm = build_norm(config) if config.patch_norm else nn.Identity()
+        width, registers = config.hidden_size, config.num_register_tokens
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width)) if config.class_token else None
+        self.register_tokens = nn.Parameter(torch.zeros(1, registers, width)) if registers else None
+        self.num_prefix_tokens = config.num_prefix_tokens
+        # Prefix tokens with position embeddings: all of them, or none (timm's no_embed_class).
+        self.num_embedded_prefix = self.num_prefix_tokens if config.prefix_position_embeddings else 0
+        self.position_embeddings = nn.Parameter(torch.zeros(1, self.num_embedded_prefix + self.grid_size**2, width))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
@@ -72,7 +91,10 @@ class ViTCustomEmbeddings(nn.Module):
         # would refuse the model's own size in a graph with dynamic height and width.
         if not torch.compiler.is_exporting() and new_grid == (self.grid_size, self.grid_size):
             return self.position_embeddings
-        return resample_position_embeddings(self.position_embeddings, (self.grid_size, self.grid_size), new_grid)
+        old_grid = (self.grid_size, self.grid_size)
+        return resample_position_embeddings(
+            self.position_embeddings, old_grid, new_grid, num_prefix_tokens=self.num_embedded_prefix
+        )
 
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         if pixel_values.ndim != 4 or pixel_values.shape[1] != self.num_channels:
@@ -98,8 +120,13 @@ class ViTCustomEmbeddings(nn.Module):
             patches = self.conv_stem(pixel_values).flatten(2).transpose(1, 2)  # (B, N, D)
         else:
             patches = self.patch_proj(self.to_patches(pixel_values))
-        cls_tokens = self.cls_token.expand(patches.shape[0], -1, -1)
-        embeddings = torch.cat([cls_tokens, patches], dim=1) + position_embeddings
+        patches = self.patch_norm(patches)
+        batch = patches.shape[0]
+        prefix = [token.expand(batch, -1, -1) for token in (self.cls_token, self.register_tokens) if token is not None]
+        if self.num_embedded_prefix == self.num_prefix_tokens:  # every token has a position embedding
+            embeddings = torch.cat([*prefix, patches], dim=1) + position_embeddings
+        else:
+            embeddings = torch.cat([*prefix, patches + position_embeddings], dim=1)
         return self.dropout(embeddings)
 
 
@@ -144,7 +171,9 @@ class ViTCustomAttention(nn.Module):
         self.is_causal = False  # read by the attention functions: every token attends to every token
         self.attention_dropout = config.attention_probs_dropout_prob
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
-        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.q_norm = build_norm(config, self.head_dim) if config.qk_norm else nn.Identity()
+        self.k_norm = build_norm(config, self.head_dim) if config.qk_norm else nn.Identity()
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.proj_bias)
         self.proj_drop = nn.Dropout(config.hidden_dropout_prob)
         self.config = config
 
@@ -170,6 +199,7 @@ class ViTCustomAttention(nn.Module):
             q = q.view(B, Nq, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, Nq, head_dim)
             N = key_value_states.shape[1]
             k, v = kv.view(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
         if output_attentions:
             attention_interface = eager_attention_forward
         else:
@@ -188,13 +218,45 @@ class ViTCustomMLP(nn.Module):
 
     def __init__(self, config: ViTCustomConfig):
         super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.proj_bias)
         self.act = ACT2FN[config.hidden_act]
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.proj_bias)
         self.drop = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class ViTCustomGatedMLP(nn.Module):
+    """Gated MLP (B, N, D) -> (B, N, D): fc1 gives a gate and a value (intermediate_size each, the gate first),
+    act(gate) * value goes through fc2. SwiGLU with `hidden_act="silu"` (timm's `SwiGLUPacked` layout)."""
+
+    def __init__(self, config: ViTCustomConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.proj_bias)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.proj_bias)
+        self.drop = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, value = self.fc1(x).chunk(2, dim=-1)  # each (B, N, intermediate_size)
+        return self.drop(self.fc2(self.drop(self.act(gate) * value)))
+
+
+MLPS = {"plain": ViTCustomMLP, "gated": ViTCustomGatedMLP}
+
+
+class ViTCustomLayerScale(nn.Module):
+    """LayerScale (B, N, D) -> (B, N, D): each channel scaled by a learned factor (`layer_scale_init_value` at
+    first)."""
+
+    def __init__(self, config: ViTCustomConfig):
+        super().__init__()
+        self.init_value = config.layer_scale_init_value
+        self.gamma = nn.Parameter(torch.full((config.hidden_size,), float(self.init_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
 
 
 class ViTCustomDropPath(nn.Module):
@@ -222,23 +284,27 @@ class ViTCustomLayer(GradientCheckpointingLayer):
 
     def __init__(self, config: ViTCustomConfig, drop_path_rate: float = 0.0):
         super().__init__()
-        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        layer_scale = config.layer_scale_init_value is not None
+        self.norm1 = build_norm(config)
         self.attn = ViTCustomAttention(config)
-        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = ViTCustomMLP(config)
+        self.ls1 = ViTCustomLayerScale(config) if layer_scale else nn.Identity()
+        self.norm2 = build_norm(config)
+        self.mlp = MLPS[config.mlp_type](config)
+        self.ls2 = ViTCustomLayerScale(config) if layer_scale else nn.Identity()
         self.drop_path = ViTCustomDropPath(drop_path_rate)
 
     def forward(
         self, x: torch.Tensor, output_attentions: bool = False, class_token_only: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        normed = self.norm1(x)
         if class_token_only:
+            normed = self.norm1(x)
             x = x[:, :1]
             attn_out, attn_weights = self.attn(normed[:, :1], output_attentions, key_value_states=normed)
         else:
-            attn_out, attn_weights = self.attn(normed, output_attentions)
-        x = x + self.drop_path(attn_out)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
+            attn_out, attn_weights = self.attn(self.norm1(x), output_attentions)
+        x = x + self.drop_path(self.ls1(attn_out))
+        del attn_out  # freed before the MLP, whose hidden layer is the peak of the layer's memory
+        x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
         return x, attn_weights
 
 
@@ -278,6 +344,66 @@ class ViTCustomEncoder(nn.Module):
         return hidden_states, all_hidden_states, all_attentions
 
 
+class ViTCustomClassTokenPool(nn.Module):
+    """Tokens (B, P + N, D) -> the class token (B, D)."""
+
+    def __init__(self, config: ViTCustomConfig):
+        super().__init__()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states[:, 0]
+
+
+class ViTCustomMeanPool(nn.Module):
+    """Tokens (B, P + N, D) -> the mean of the N patch tokens (B, D); the prefix tokens are left out."""
+
+    def __init__(self, config: ViTCustomConfig):
+        super().__init__()
+        self.num_prefix_tokens = config.num_prefix_tokens
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states[:, self.num_prefix_tokens :].mean(dim=1)
+
+
+class ViTCustomAttentionPool(nn.Module):
+    """Multihead attention pooling (SigLIP's "map" head; timm's `AttentionPoolLatent` and its keys): tokens
+    (B, P + N, D) -> (B, D). A learned `latent` query attends to the N patch tokens (the prefix tokens are left
+    out), then a residual MLP: x = proj(attention); x + mlp(norm(x))."""
+
+    def __init__(self, config: ViTCustomConfig):
+        super().__init__()
+        width = config.hidden_size
+        self.num_prefix_tokens = config.num_prefix_tokens
+        self.num_heads = config.num_attention_heads
+        self.head_dim = width // config.num_attention_heads
+        self.latent = nn.Parameter(torch.zeros(1, 1, width))
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(width, 2 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm = build_norm(config)
+        self.mlp = ViTCustomMLP(config)
+
+    def attention_weights(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The latent query's attention over the patch tokens: (B, P + N, D) -> (B, heads, N)."""
+        q, k, _ = self._query_key_value(hidden_states)
+        return ((q * self.head_dim**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1)[:, :, 0]
+
+    def _query_key_value(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        patches = hidden_states[:, self.num_prefix_tokens :]
+        B, N, D = patches.shape
+        q = self.q(self.latent).view(1, 1, self.num_heads, self.head_dim).transpose(1, 2).expand(B, -1, -1, -1)
+        k, v = self.kv(patches).view(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v  # q (B, heads, 1, head_dim), k and v (B, heads, N, head_dim)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._query_key_value(hidden_states)
+        x = self.proj(F.scaled_dot_product_attention(q, k, v).reshape(q.shape[0], -1))  # (B, D)
+        return x + self.mlp(self.norm(x))
+
+
+POOLERS = {"cls": ViTCustomClassTokenPool, "mean": ViTCustomMeanPool, "map": ViTCustomAttentionPool}
+
+
 class ViTCustomPreTrainedModel(PreTrainedModel):
     """Weight initialisation and the attributes transformers reads off every ViT-custom model."""
 
@@ -304,27 +430,38 @@ class ViTCustomPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.Conv2d):
             # The convolutional stem keeps PyTorch's default (Kaiming uniform), the initialisation it was trained with.
             module.reset_parameters()
-        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
+        elif isinstance(module, (nn.LayerNorm, nn.RMSNorm, nn.BatchNorm2d)):
             nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+            if isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
+                nn.init.zeros_(module.bias)
             if isinstance(module, nn.BatchNorm2d):
                 nn.init.zeros_(module.running_mean)
                 nn.init.ones_(module.running_var)
                 nn.init.zeros_(module.num_batches_tracked)
         elif isinstance(module, ViTCustomEmbeddings):
-            nn.init.trunc_normal_(module.position_embeddings, std=std)
-            nn.init.trunc_normal_(module.cls_token, std=std)
+            for tokens in (module.position_embeddings, module.cls_token, module.register_tokens):
+                if tokens is not None:
+                    nn.init.trunc_normal_(tokens, std=std)
+        elif isinstance(module, ViTCustomLayerScale):
+            nn.init.constant_(module.gamma, module.init_value)
+        elif isinstance(module, ViTCustomAttentionPool):
+            nn.init.trunc_normal_(module.latent, std=module.latent.shape[-1] ** -0.5)  # timm's initialisation
 
 
 class ViTCustomModel(ViTCustomPreTrainedModel):
-    """Backbone: pixel_values (B, C, H, W) -> last_hidden_state (B, 1 + num_patches, D), normed, and pooler_output
-    (B, D): the class token (`pooling="cls"`) or the mean of the patch tokens (`pooling="mean"`)."""
+    """Backbone: pixel_values (B, C, H, W) -> last_hidden_state (B, P + num_patches, D) (normed unless `fc_norm` or
+    not `final_norm`; P prefix tokens: class token, registers) and pooler_output (B, D): the class token
+    (`pooling="cls"`), the mean of the patch tokens (`"mean"`) or their attention pooling (`"map"`), then the
+    `fc_norm` if the config has one."""
 
     def __init__(self, config: ViTCustomConfig):
         super().__init__(config)
         self.embeddings = ViTCustomEmbeddings(config)
+        self.norm_pre = build_norm(config) if config.pre_norm else nn.Identity()
         self.encoder = ViTCustomEncoder(config)
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.norm = build_norm(config) if config.final_norm and not config.fc_norm else nn.Identity()
+        self.pooler = POOLERS[config.pooling](config)
+        self.fc_norm = build_norm(config) if config.fc_norm else nn.Identity()
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -338,12 +475,12 @@ class ViTCustomModel(ViTCustomPreTrainedModel):
 
     def no_weight_decay(self) -> set[str]:
         """Parameters that must not be weight-decayed (timm's convention), besides every 1-D parameter."""
-        return {"embeddings.position_embeddings", "embeddings.cls_token"}
+        names = ("position_embeddings", "cls_token", "register_tokens")
+        return {f"embeddings.{name}" for name in names if getattr(self.embeddings, name) is not None}
 
     def pool(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
-        if self.config.pooling == "mean":
-            return last_hidden_state[:, 1:].mean(dim=1)
-        return last_hidden_state[:, 0]
+        """Tokens (B, P + N, D) -> pooled features (B, D), the input of a classification head."""
+        return self.fc_norm(self.pooler(last_hidden_state))
 
     def forward(
         self,
@@ -387,7 +524,7 @@ class ViTCustomModel(ViTCustomPreTrainedModel):
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
         pixel_values = pixel_values.to(self.embeddings.position_embeddings.dtype)
-        hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        hidden_states = self.norm_pre(self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding))
         hidden_states, all_hidden_states, all_attentions = self.encoder(
             hidden_states,
             output_attentions=output_attentions,

@@ -4,6 +4,7 @@ import json
 import logging
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ import torch
 from launch import CLASSES, environment, write_split
 from PIL import Image
 from safetensors.torch import save_file
-from timm.models.vision_transformer import VisionTransformer
+from timm.layers import GluMlp, SwiGLU, SwiGLUPacked
+from timm.models.vision_transformer import ParallelScalingBlock, VisionTransformer
+from torch import nn
 from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification, ViTImageProcessor
 
 from modeling_vit_custom import ViTCustomForImageClassification
@@ -116,24 +119,56 @@ def test_state_dict_config_needs_num_heads_and_reads_shapes(seed):
 
 
 @pytest.mark.parametrize(
-    "kwargs, feature",
+    "kwargs, fields",
     [
-        ({"reg_tokens": 4}, "register tokens"),
-        ({"class_token": False, "global_pool": "avg", "fc_norm": False}, "class token"),
-        ({"no_embed_class": True}, "no_embed_class"),
-        ({"global_pool": "avg"}, "fc_norm"),
-        ({"init_values": 1e-5}, "layer scale"),
-        ({"qk_norm": True}, "query/key normalisation"),
-        ({"pre_norm": True}, "pre_norm"),
-        ({"global_pool": "map"}, "attention pooling"),
+        ({"reg_tokens": 4}, {"num_register_tokens": 4}),
+        ({"class_token": False, "global_pool": "avg", "fc_norm": False}, {"class_token": False, "pooling": "mean"}),
+        ({"reg_tokens": 2, "no_embed_class": True}, {"prefix_position_embeddings": False}),
+        ({"global_pool": "avg"}, {"fc_norm": True, "pooling": "mean"}),
+        ({"init_values": 1e-5}, {"layer_scale_init_value": 1e-5}),
+        ({"qk_norm": True}, {"qk_norm": True}),
+        ({"pre_norm": True, "norm_layer": partial(nn.LayerNorm, eps=1e-5)}, {"pre_norm": True}),
+        ({"class_token": False, "global_pool": "map", "reg_tokens": 1}, {"pooling": "map"}),
+        ({"norm_layer": "rmsnorm", "embed_norm_layer": "rmsnorm"}, {"norm_type": "rms_norm", "patch_norm": True}),
+        ({"mlp_layer": SwiGLU, "act_layer": nn.SiLU, "proj_bias": False}, {"mlp_type": "gated", "proj_bias": False}),
+        ({"mlp_layer": SwiGLUPacked, "act_layer": nn.SiLU, "mlp_ratio": 8 / 3}, {"intermediate_size": 85}),
+        ({"act_layer": "quick_gelu", "final_norm": False}, {"hidden_act": "quick_gelu", "final_norm": False}),
+        ({"act_layer": "gelu_tanh"}, {"hidden_act": "gelu_pytorch_tanh"}),
     ],
 )
-def test_unsupported_timm_features_are_refused(kwargs, feature, seed):
+def test_timm_features_convert_both_ways(kwargs, fields, seed):
+    source = VisionTransformer(**{**TINY_TIMM, **kwargs}).eval()
+    ours = from_timm(source)
+    assert {name: getattr(ours.config, name) for name in fields} == fields
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in source.parameters())
+    assert max_abs_logit_diff(ours, source, _pixels(32)) < 1e-5
+    assert max_abs_logit_diff(to_timm(ours), ours, _pixels(32)) < 1e-5
+    # The state dict alone gives the same network once the heads and what keys cannot show are named.
+    shown = {name: getattr(ours.config, name) for name in ("hidden_act", "layer_norm_eps", "pooling")}
+    from_keys = from_timm(source.state_dict(), num_heads=4, **shown)
+    assert max_abs_logit_diff(from_keys, source, _pixels(32)) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "kwargs, feature",
+    [
+        ({"scale_attn_norm": True}, "scale_attn_norm"),
+        ({"block_fn": ParallelScalingBlock}, "ParallelScalingBlock blocks"),
+        ({"class_token": False, "reg_tokens": 1, "global_pool": "map", "pool_include_prefix": True}, "include_prefix"),
+        ({"pos_embed": "none"}, "no position embedding"),
+        ({"mlp_layer": GluMlp}, "GluMlp with the gate first"),
+    ],
+)
+def test_remaining_timm_features_are_refused_by_name(kwargs, feature, seed):
     model = VisionTransformer(**{**TINY_TIMM, **kwargs})
-    with pytest.raises(ValueError, match=feature):
-        from_timm(model.state_dict(), num_heads=4)
-    with pytest.raises(ValueError, match="expected a plain ViT"):
+    with pytest.raises(ValueError, match=f"expected a ViT vit-custom can express.*{feature}"):
         from_timm(model)
+
+
+def test_a_state_dict_with_a_scale_norm_is_refused_by_name(seed):
+    state_dict = VisionTransformer(**TINY_TIMM, scale_mlp_norm=True).state_dict()
+    with pytest.raises(ValueError, match=r"a norm inside the MLP \(scale_mlp_norm=True\): \['blocks.0.mlp.norm.bias'"):
+        from_timm(state_dict, num_heads=4)
 
 
 def test_missing_and_extra_keys_are_listed(seed):

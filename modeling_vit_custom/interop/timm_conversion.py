@@ -10,9 +10,10 @@ from pathlib import Path
 import timm
 import torch
 from timm.data import ImageNetInfo, infer_imagenet_subset
-from timm.layers import Attention, Mlp, PatchEmbed
+from timm.layers import Attention, AttentionPoolLatent, GluMlp, Mlp, PatchEmbed, QuickGELU, RmsNorm, SwiGLU
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
+from transformers.activations import ACT2FN
 
 from .. import ViTCustomConfig, ViTCustomForImageClassification
 from ..files import check_output_folder, replacing
@@ -22,108 +23,164 @@ from ..training.models import class_names_of, logits_of
 logger = logging.getLogger(__name__)
 
 CONVERSION_FILE = "conversion.json"
-# Keys that give a timm ViT feature vit-custom does not have, and the feature's name for the error message.
+# Keys of timm ViT features vit-custom does not have, and the feature's name for the error message.
 UNSUPPORTED_TIMM_KEYS = {
-    r"^reg_token$": "register tokens (reg_tokens > 0)",
-    r"^norm_pre\.": "a norm before the blocks (pre_norm=True, as CLIP)",
-    r"^fc_norm\.": "a norm after pooling (fc_norm, timm's global_pool='avg' default)",
-    r"^attn_pool\.": "attention pooling (global_pool='map' or 'prr')",
-    r"\.ls[12]\.": "layer scale (init_values)",
-    r"\.attn\.[qk]_norm\.": "query/key normalisation (qk_norm=True)",
     r"\.attn\.norm\.": "a norm inside attention (scale_attn_norm=True)",
     r"\.mlp\.norm\.": "a norm inside the MLP (scale_mlp_norm=True)",
-    r"^patch_embed\.norm\.": "a norm after the patch embedding (embed_norm_layer)",
-    r"\.mlp\.fc1_[gx]\.|\.mlp\.w12\.": "a gated MLP (SwiGLU)",
+    r"\.attn\.gate\.": "a gated attention output",
+    r"^blocks\.\d+\.(attns|mlps|in_proj|in_norm|out_proj)": "parallel blocks",
+    r"\.attn\.lambda_|\.attn\.sub_norm\.": "differential attention",
+    r"^attn_pool\.(pos_embed|q_norm|k_norm)": "attention pooling with a position embedding or qk-norm",
 }
-# Our activation names (keys of transformers' ACT2FN) for timm's activation modules.
-GELU_APPROXIMATIONS = {"none": "gelu", "tanh": "gelu_pytorch_tanh"}
+# timm state-dict names -> ours (ViTCustomForImageClassification), by prefix; the patch projection is also reshaped.
+TIMM_TO_OURS = {
+    "cls_token": "vit.embeddings.cls_token",
+    "reg_token": "vit.embeddings.register_tokens",
+    "pos_embed": "vit.embeddings.position_embeddings",
+    "patch_embed.proj.": "vit.embeddings.patch_proj.",
+    "patch_embed.norm.": "vit.embeddings.patch_norm.",
+    "norm_pre.": "vit.norm_pre.",
+    "blocks.": "vit.encoder.layers.",
+    "norm.": "vit.norm.",
+    "fc_norm.": "vit.fc_norm.",
+    "attn_pool.": "vit.pooler.",
+    "head.": "head.",
+}
+POOLINGS = {"token": "cls", "avg": "mean", "map": "map"}  # timm's global_pool -> our pooling
+# Our activations (keys of transformers' ACT2FN) as timm modules, and the ones a timm model is recognised as.
+TIMM_ACTIVATIONS = {
+    "gelu": nn.GELU,
+    "gelu_pytorch_tanh": partial(nn.GELU, approximate="tanh"),
+    "quick_gelu": QuickGELU,
+    "silu": nn.SiLU,
+    "relu": nn.ReLU,
+}
+ACTIVATION_PROBE = torch.linspace(-6.0, 6.0, 121)
+# From a state dict alone, LayerScale's starting value is unknown (it does not change the converted network).
+DEFAULT_LAYER_SCALE = 1e-5
 
 
-def _layer_indices(keys, prefix: str) -> list[int]:
-    pattern = re.compile(rf"^{re.escape(prefix)}(\d+)\.")
-    return sorted({int(m.group(1)) for key in keys if (m := pattern.match(key))})
+def _rename(key: str, table: dict[str, str]) -> str | None:
+    for old, new in table.items():
+        if key == old or (old.endswith(".") and key.startswith(old)):
+            return new + key[len(old) :]
+    return None
 
 
-def _timm_keys(depth: int, qkv_bias: bool, head: bool) -> set[str]:
-    keys = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight", "norm.bias"}
-    for i in range(depth):
-        b = f"blocks.{i}."
-        keys |= {b + name for name in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "attn.qkv.weight")}
-        keys |= {b + f"{layer}.{kind}" for layer in ("attn.proj", "mlp.fc1", "mlp.fc2") for kind in ("weight", "bias")}
-        if qkv_bias:
-            keys.add(b + "attn.qkv.bias")
-    if head:
-        keys |= {"head.weight", "head.bias"}
-    return keys
+def _pack_gated_mlps(state_dict: dict) -> dict:
+    """timm's SwiGLU (separate `fc1_g` gate and `fc1_x` value) -> the packed `fc1` (gate rows first) of
+    timm's SwiGLUPacked and of our gated MLP; other keys unchanged."""
+    packed = {}
+    for key, value in state_dict.items():
+        if ".mlp.fc1_x." in key:
+            continue
+        if ".mlp.fc1_g." in key:
+            packed[key.replace(".fc1_g.", ".fc1.")] = torch.cat([value, state_dict[key.replace("_g.", "_x.")]])
+        else:
+            packed[key] = value
+    return packed
 
 
-def _check_timm_keys(state_dict: dict, depth: int, qkv_bias: bool) -> None:
-    """Raises on any key of a timm feature we lack, and on any key a plain ViT must have that is missing."""
-    keys = set(state_dict)
-    unsupported = {}
+def _unsupported_features(keys) -> dict[str, list[str]]:
+    found = {}
     for key in sorted(keys):
         for pattern, feature in UNSUPPORTED_TIMM_KEYS.items():
             if re.search(pattern, key):
-                unsupported.setdefault(feature, []).append(key)
-    if unsupported:
-        found = "; ".join(
-            f"{feature}: {names[:4]}{' ...' if len(names) > 4 else ''}" for feature, names in unsupported.items()
-        )
-        raise ValueError(f"timm state dict: expected a plain ViT, got features vit-custom does not have: {found}")
-    expected = _timm_keys(depth, qkv_bias, head="head.weight" in keys)
-    missing, unexpected = sorted(expected - keys), sorted(keys - expected)
-    if missing or unexpected:
-        raise ValueError(f"timm state dict: missing keys {missing}, unexpected keys {unexpected}")
+                found.setdefault(feature, []).append(key)
+    return found
 
 
-def _check_timm_model(model: nn.Module) -> None:
-    """Raises unless `model` is a timm VisionTransformer computing what ViTCustomForImageClassification does."""
+def _refuse(features: list[str] | dict) -> None:
+    if isinstance(features, dict):
+        features = [f"{name}: {keys[:3]}{' ...' if len(keys) > 3 else ''}" for name, keys in features.items()]
+    raise ValueError(f"timm model: expected a ViT vit-custom can express, got features it does not have: {features}")
+
+
+def _activation_name(act: nn.Module) -> str | None:
+    """Our name of a timm activation module, recognised by its values (timm has several classes per function)."""
+    with torch.no_grad():
+        values = act(ACTIVATION_PROBE.clone())
+    for name in TIMM_ACTIVATIONS:
+        if torch.allclose(values, ACT2FN[name](ACTIVATION_PROBE), rtol=0.0, atol=1e-6):
+            return name
+    return None
+
+
+def _norm_kind(norm: nn.Module) -> tuple[str, float] | None:
+    if isinstance(norm, nn.LayerNorm) and norm.elementwise_affine and norm.bias is not None:
+        return "layer_norm", norm.eps
+    if isinstance(norm, (RmsNorm, nn.RMSNorm)) and getattr(norm, "weight", None) is not None:
+        return "rms_norm", norm.eps
+    return None
+
+
+def _read_timm_model(model: nn.Module) -> dict:
+    """What the keys do not show of a timm VisionTransformer (heads, norm type and eps, activation, pooling, layer
+    scale), as ViTCustomConfig fields; raises, naming every feature vit-custom lacks."""
     if not isinstance(model, VisionTransformer):
         raise ValueError(f"timm model: expected a timm VisionTransformer, got {type(model).__name__}")
     problems = []
-    if not model.has_class_token:
-        problems.append("no class token (class_token=False)")
-    if model.num_reg_tokens:
-        problems.append(f"{model.num_reg_tokens} register tokens")
-    if model.no_embed_class:
-        problems.append("no position embedding on the class token (no_embed_class=True)")
     if model.pos_embed is None:
-        problems.append("no position embedding")
-    if model.global_pool not in ("token", "avg") or model.pool_include_prefix or model.attn_pool is not None:
-        problems.append(f"global_pool={model.global_pool!r} (we have 'token' and 'avg' over patch tokens)")
-    for name in ("norm_pre", "fc_norm", "patch_drop"):
-        if not isinstance(getattr(model, name), nn.Identity):
-            problems.append(f"{name} is {type(getattr(model, name)).__name__}")
-    if not isinstance(model.norm, nn.LayerNorm):
-        problems.append(f"final norm is {type(model.norm).__name__}, not LayerNorm")
+        problems.append("no position embedding (pos_embed='none')")
+    if model.global_pool not in POOLINGS or model.pool_include_prefix:
+        problems.append(f"global_pool={model.global_pool!r} pool_include_prefix={model.pool_include_prefix}")
+    pool = model.attn_pool
+    if pool is not None and (
+        type(pool) is not AttentionPoolLatent or pool.latent_len != 1 or pool.pool != "token" or pool.mlp is None
+    ):
+        problems.append(f"attention pooling {type(pool).__name__} other than one latent query with an MLP")
+    if not isinstance(model.patch_drop, nn.Identity):
+        problems.append("patch dropout (patch_drop_rate > 0)")
     embed = model.patch_embed
-    if type(embed) is not PatchEmbed or not isinstance(embed.norm, nn.Identity) or embed.dynamic_img_pad:
-        problems.append(f"patch embedding {type(embed).__name__} with norm/padding")
+    if type(embed) is not PatchEmbed or embed.dynamic_img_pad or not embed.flatten and not model.dynamic_img_size:
+        problems.append(f"patch embedding {type(embed).__name__} with padding")
     elif embed.img_size[0] != embed.img_size[1] or embed.patch_size[0] != embed.patch_size[1]:
         problems.append(f"non-square image {embed.img_size} or patch {embed.patch_size}")
-    for i, block in enumerate(model.blocks):
-        if type(block) is not Block or type(block.attn) is not Attention or type(block.mlp) is not Mlp:
-            problems.append(
-                f"block {i} is {type(block).__name__}({type(block.attn).__name__}, {type(block.mlp).__name__})"
-            )
+    norms, acts = [], []
+    for block in model.blocks:
+        if type(block) is not Block:
+            problems.append(f"{type(block).__name__} blocks (only timm's pre-norm Block)")
             break
-        extras = [
-            name
-            for name in ("ls1", "ls2", "attn.q_norm", "attn.k_norm", "attn.norm", "mlp.norm")
-            if not isinstance(block.get_submodule(name), nn.Identity)
-        ]
-        if extras or getattr(block.attn, "gate", None) is not None:
-            problems.append(f"block {i} has {extras or ['attention gate']}")
+        if type(block.attn) is not Attention:
+            problems.append(f"{type(block.attn).__name__} (only timm's Attention)")
             break
-        if not isinstance(block.mlp.act, nn.GELU):
-            problems.append(f"block {i} activation {type(block.mlp.act).__name__}, expected GELU")
+        mlp = block.mlp
+        if type(mlp) not in (Mlp, SwiGLU, GluMlp) or (type(mlp) is GluMlp and mlp.gate_last):
+            problems.append(f"MLP {type(mlp).__name__} (plain, SwiGLU, or GluMlp with the gate first)")
             break
-        eps = getattr(model.norm, "eps", None)
-        if any(not isinstance(n, nn.LayerNorm) or n.eps != eps for n in (block.norm1, block.norm2)):
-            problems.append(f"block {i} norms differ from the final LayerNorm (eps {eps})")
-            break
+        for name in ("attn.norm", "mlp.norm"):
+            if not isinstance(block.get_submodule(name), nn.Identity):
+                problems.append(f"a norm at {name} (scale_attn_norm / scale_mlp_norm)")
+        if getattr(block.attn, "gate", None) is not None:
+            problems.append("a gated attention output")
+        norms += [block.norm1, block.norm2, block.attn.q_norm, block.attn.k_norm]
+        acts.append(mlp.act)
+    if pool is not None:
+        norms.append(pool.norm)
+        acts.append(pool.mlp.act)
+    norms += [model.norm, model.norm_pre, model.fc_norm, getattr(embed, "norm", nn.Identity())]
+    kinds = {_norm_kind(norm) for norm in norms if not isinstance(norm, nn.Identity)}
+    if None in kinds or len(kinds) > 1:
+        names = sorted({f"{type(n).__name__}(eps={getattr(n, 'eps', None)})" for n in norms})
+        problems.append(f"norms {names}: expected one kind, LayerNorm or RMSNorm with weights, and one eps")
+    activations = {_activation_name(act) for act in acts}
+    if None in activations or len(activations) > 1:
+        problems.append(
+            f"activations {sorted({type(a).__name__ for a in acts})}: expected one of {list(TIMM_ACTIVATIONS)}"
+        )
     if problems:
-        raise ValueError(f"timm model: expected a plain ViT, got features vit-custom does not have: {problems}")
+        _refuse(problems)
+    (norm_type, eps), (hidden_act,) = (kinds.pop() if kinds else ("layer_norm", 1e-6)), activations
+    ls1 = model.blocks[0].ls1 if len(model.blocks) else nn.Identity()
+    return {
+        "num_attention_heads": model.blocks[0].attn.num_heads,
+        "norm_type": norm_type,
+        "layer_norm_eps": eps,
+        "hidden_act": hidden_act,
+        "pooling": POOLINGS[model.global_pool],
+        "layer_scale_init_value": None if isinstance(ls1, nn.Identity) else ls1.init_values,
+        "prefix_position_embeddings": not model.no_embed_class,
+    }
 
 
 def config_from_timm(
@@ -132,59 +189,90 @@ def config_from_timm(
     layer_norm_eps: float | None = None,
     **config_kwargs,
 ) -> ViTCustomConfig:
-    """The ViTCustomConfig of a timm ViT, read from the model (or its state dict's shapes), not from its name.
+    """The ViTCustomConfig of a timm ViT, read from the model (or its state dict's keys and shapes), not its name.
 
-    From a state dict, `num_heads` must be given (shapes do not determine it); `layer_norm_eps` defaults to timm's
-    1e-6 and the activation to exact GELU. From a model, both are read off it. `config_kwargs` (e.g. `num_labels`,
-    `id2label`, dropout rates) go to the config.
+    From a model, every field is read off it, and a feature vit-custom lacks is refused by name. From a state dict,
+    `num_heads` must be given (shapes do not determine it); the keys give the tokens, norms, pooling (attention
+    pooling, else the class token, else the mean), layer scale and MLP kind, and what they cannot show defaults to
+    timm's (eps 1e-6, exact GELU or SiLU for a gated MLP, LayerNorm unless the norms have no bias); `config_kwargs`
+    (e.g. `hidden_act`, `pooling`, `num_labels`, `id2label`, dropout rates) override.
     """
-    pooling, hidden_act = "cls", "gelu"
     if isinstance(model_or_state_dict, nn.Module):
-        model = model_or_state_dict
-        _check_timm_model(model)
-        num_heads = model.blocks[0].attn.num_heads if num_heads is None else num_heads
-        layer_norm_eps = model.norm.eps if layer_norm_eps is None else layer_norm_eps
-        pooling = "mean" if model.global_pool == "avg" else "cls"
-        hidden_act = GELU_APPROXIMATIONS[model.blocks[0].mlp.act.approximate]
-        state_dict = model.state_dict()
+        read = _read_timm_model(model_or_state_dict)
+        state_dict = model_or_state_dict.state_dict()
     else:
         state_dict = model_or_state_dict
         if num_heads is None:
             raise ValueError("config_from_timm: expected num_heads for a state dict (shapes do not give it), got None")
-    layer_norm_eps = 1e-6 if layer_norm_eps is None else layer_norm_eps
-    for key in ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight"):
+        read = {}
+    unsupported = _unsupported_features(state_dict)
+    if unsupported:
+        _refuse(unsupported)
+    state_dict = _pack_gated_mlps(state_dict)
+    for key in ("pos_embed", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight", "blocks.0.mlp.fc2.weight"):
         if key not in state_dict:
-            raise ValueError(f"timm state dict: expected key {key!r} of a ViT with a class token, got none")
-    hidden_size = state_dict["cls_token"].shape[-1]
-    depth = len(_layer_indices(state_dict, "blocks."))
-    qkv_bias = "blocks.0.attn.qkv.bias" in state_dict
-    _check_timm_keys(state_dict, depth, qkv_bias)
-    embed_dim, num_channels, patch_h, patch_w = state_dict["patch_embed.proj.weight"].shape
+            raise ValueError(f"timm state dict: expected key {key!r} of a ViT, got none")
+    hidden_size, num_channels, patch_h, patch_w = state_dict["patch_embed.proj.weight"].shape
     if patch_h != patch_w:
         raise ValueError(f"patch_embed.proj.weight: expected a square patch, got {patch_h}x{patch_w}")
+    class_token = "cls_token" in state_dict
+    registers = state_dict["reg_token"].shape[1] if "reg_token" in state_dict else 0
+    prefix = int(class_token) + registers
     num_tokens = state_dict["pos_embed"].shape[1]
-    grid = round((num_tokens - 1) ** 0.5)
-    if grid * grid != num_tokens - 1:
+    # A model says whether its prefix tokens have position embeddings; for a state dict, the row count tells.
+    given = {**read, **config_kwargs}.get("prefix_position_embeddings")
+    candidates = (prefix, 0) if given is None else (prefix if given else 0,)
+    embedded_prefix = next(
+        (n for n in candidates if n <= num_tokens and round((num_tokens - n) ** 0.5) ** 2 == num_tokens - n), None
+    )
+    if embedded_prefix is None:
         raise ValueError(
-            f"pos_embed: expected 1 + grid**2 tokens (class token plus a square grid), got {num_tokens} "
-            "(no_embed_class, register tokens or a non-square grid are not supported)"
+            f"pos_embed: expected a square grid of patches, with or without the {prefix} prefix tokens, got "
+            f"{num_tokens} rows"
         )
+    grid = round((num_tokens - embedded_prefix) ** 0.5)
+    fc1, fc2 = state_dict["blocks.0.mlp.fc1.weight"], state_dict["blocks.0.mlp.fc2.weight"]
+    gated = fc1.shape[0] == 2 * fc2.shape[1]
+    pre_norm = "norm_pre.weight" in state_dict
+    if ("patch_embed.proj.bias" in state_dict) == pre_norm:
+        raise ValueError(
+            "patch_embed.proj.bias: expected a bias exactly when there is no norm_pre (as timm builds it), got "
+            f"{'a bias and' if pre_norm else 'no bias and no'} norm_pre"
+        )
+    has_layer_scale = "blocks.0.ls1.gamma" in state_dict
+    fields = {
+        "image_size": grid * patch_h,
+        "patch_size": patch_h,
+        "num_channels": num_channels,
+        "hidden_size": hidden_size,
+        "num_hidden_layers": len({key.split(".")[1] for key in state_dict if key.startswith("blocks.")}),
+        "num_attention_heads": num_heads,
+        "intermediate_size": fc2.shape[1],
+        "hidden_act": "silu" if gated else "gelu",
+        "qkv_bias": "blocks.0.attn.qkv.bias" in state_dict,
+        "proj_bias": "blocks.0.attn.proj.bias" in state_dict,
+        "qk_norm": "blocks.0.attn.q_norm.weight" in state_dict,
+        "layer_scale_init_value": DEFAULT_LAYER_SCALE if has_layer_scale else None,
+        "mlp_type": "gated" if gated else "plain",
+        "norm_type": "layer_norm" if "blocks.0.norm1.bias" in state_dict else "rms_norm",
+        "layer_norm_eps": 1e-6,
+        "class_token": class_token,
+        "num_register_tokens": registers,
+        "prefix_position_embeddings": embedded_prefix == prefix,
+        "pre_norm": pre_norm,
+        "patch_norm": "patch_embed.norm.weight" in state_dict,
+        "final_norm": "norm.weight" in state_dict or "fc_norm.weight" in state_dict,
+        "fc_norm": "fc_norm.weight" in state_dict,
+        "pooling": "map" if "attn_pool.latent" in state_dict else "cls" if class_token else "mean",
+    }
+    fields.update({key: value for key, value in read.items() if not (key == "num_attention_heads" and num_heads)})
+    if layer_norm_eps is not None:
+        fields["layer_norm_eps"] = layer_norm_eps
     if "head.weight" in state_dict:
         config_kwargs.setdefault("num_labels", state_dict["head.weight"].shape[0])
-    return ViTCustomConfig(
-        image_size=grid * patch_h,
-        patch_size=patch_h,
-        num_channels=num_channels,
-        hidden_size=hidden_size,
-        num_hidden_layers=depth,
-        num_attention_heads=num_heads,
-        intermediate_size=state_dict["blocks.0.mlp.fc1.weight"].shape[0],
-        hidden_act=hidden_act,
-        qkv_bias=qkv_bias,
-        layer_norm_eps=layer_norm_eps,
-        pooling=pooling,
-        **config_kwargs,
-    )
+    config = ViTCustomConfig(**{**fields, **config_kwargs})
+    _check_keys(state_dict, config)
+    return config
 
 
 def _conv_to_linear(weight: torch.Tensor) -> torch.Tensor:
@@ -196,22 +284,32 @@ def _linear_to_conv(weight: torch.Tensor, patch_size: int, num_channels: int) ->
     return weight.reshape(weight.shape[0], patch_size, patch_size, num_channels).permute(0, 3, 1, 2)
 
 
+def _expected_timm_keys(config: ViTCustomConfig, head: bool) -> set[str]:
+    """The timm state-dict keys (packed gated MLPs) of the network `config` describes: ours, renamed."""
+    with torch.device("meta"):  # names only: nothing allocated
+        ours = ViTCustomForImageClassification(config).state_dict()
+    ours_to_timm = {new: old for old, new in TIMM_TO_OURS.items()}
+    keys = {_rename(key, ours_to_timm) for key in ours if not key.startswith("head.")}
+    return keys | ({"head.weight", "head.bias"} if head else set())
+
+
+def _check_keys(state_dict: dict, config: ViTCustomConfig) -> None:
+    """Raises on any missing or unexpected key of a timm state dict (packed gated MLPs) for `config`."""
+    _check_no_conv_stem(config)
+    keys = set(state_dict)
+    expected = _expected_timm_keys(config, head="head.weight" in keys)
+    missing, unexpected = sorted(expected - keys), sorted(keys - expected)
+    if missing or unexpected:
+        raise ValueError(f"timm state dict: missing keys {missing}, unexpected keys {unexpected}")
+
+
 def timm_to_ours_state_dict(state_dict: dict, config: ViTCustomConfig) -> dict:
     """timm ViT state dict -> ViTCustomForImageClassification state dict (head included when present)."""
-    _check_timm_keys(state_dict, config.num_hidden_layers, config.qkv_bias)
-    ours = {
-        "vit.embeddings.cls_token": state_dict["cls_token"],
-        "vit.embeddings.position_embeddings": state_dict["pos_embed"],
-        "vit.embeddings.patch_proj.weight": _conv_to_linear(state_dict["patch_embed.proj.weight"]),
-        "vit.embeddings.patch_proj.bias": state_dict["patch_embed.proj.bias"],
-        "vit.norm.weight": state_dict["norm.weight"],
-        "vit.norm.bias": state_dict["norm.bias"],
-    }
-    for key, value in state_dict.items():
-        if key.startswith("blocks."):
-            ours["vit.encoder.layers." + key[len("blocks.") :]] = value
-        elif key.startswith("head."):
-            ours[key] = value
+    state_dict = _pack_gated_mlps(state_dict)
+    _check_keys(state_dict, config)
+    ours = {_rename(key, TIMM_TO_OURS): value for key, value in state_dict.items()}
+    patch = "vit.embeddings.patch_proj.weight"
+    ours[patch] = _conv_to_linear(ours[patch])
     return {key: value.detach().clone() for key, value in ours.items()}
 
 
@@ -224,26 +322,18 @@ def _check_no_conv_stem(config: ViTCustomConfig) -> None:
 
 
 def ours_to_timm_state_dict(state_dict: dict, config: ViTCustomConfig) -> dict:
-    """ViTCustomForImageClassification (or ViTCustomModel) state dict -> timm VisionTransformer state dict."""
+    """ViTCustomForImageClassification (or ViTCustomModel) state dict -> timm VisionTransformer state dict (a gated
+    MLP as timm's packed `fc1`, SwiGLUPacked's layout)."""
     _check_no_conv_stem(config)
-    prefix = "vit." if "vit.embeddings.cls_token" in state_dict else ""
-    timm_sd = {
-        "cls_token": state_dict[f"{prefix}embeddings.cls_token"],
-        "pos_embed": state_dict[f"{prefix}embeddings.position_embeddings"],
-        "patch_embed.proj.weight": _linear_to_conv(
-            state_dict[f"{prefix}embeddings.patch_proj.weight"], config.patch_size, config.num_channels
-        ),
-        "patch_embed.proj.bias": state_dict[f"{prefix}embeddings.patch_proj.bias"],
-        "norm.weight": state_dict[f"{prefix}norm.weight"],
-        "norm.bias": state_dict[f"{prefix}norm.bias"],
-    }
-    layers = f"{prefix}encoder.layers."
-    for key, value in state_dict.items():
-        if key.startswith(layers):
-            timm_sd["blocks." + key[len(layers) :]] = value
-        elif key.startswith("head."):
-            timm_sd[key] = value
-    _check_timm_keys(timm_sd, config.num_hidden_layers, config.qkv_bias)
+    prefix = "" if "vit.embeddings.position_embeddings" in state_dict else "vit."
+    ours_to_timm = {new: old for old, new in TIMM_TO_OURS.items()}
+    timm_sd = {_rename(prefix + key, ours_to_timm): value for key, value in state_dict.items()}
+    if None in timm_sd:
+        raise ValueError(f"state dict: expected vit-custom keys, got {sorted(state_dict)[:8]}")
+    timm_sd["patch_embed.proj.weight"] = _linear_to_conv(
+        timm_sd["patch_embed.proj.weight"], config.patch_size, config.num_channels
+    )
+    _check_keys(timm_sd, config)
     return {key: value.detach().clone() for key, value in timm_sd.items()}
 
 
@@ -317,17 +407,23 @@ def from_timm(
 
 
 def timm_kwargs(config: ViTCustomConfig) -> dict:
-    """Keyword arguments of timm's VisionTransformer that build the network `config` describes."""
+    """Keyword arguments of timm's VisionTransformer that build the network `config` describes (a gated MLP as
+    timm's SwiGLUPacked: GluMlp with the gate first)."""
     _check_no_conv_stem(config)
-    act = {value: key for key, value in GELU_APPROXIMATIONS.items()}
-    if config.hidden_act not in act:
-        raise ValueError(f"hidden_act: expected one of {sorted(act)} to build a timm model, got {config.hidden_act!r}")
-    mlp_ratio = config.intermediate_size / config.hidden_size
-    if int(config.hidden_size * mlp_ratio) != config.intermediate_size:
+    if config.hidden_act not in TIMM_ACTIVATIONS:
         raise ValueError(
-            f"intermediate_size: expected a width timm can express as int(hidden_size * mlp_ratio), "
-            f"got {config.intermediate_size} for hidden_size {config.hidden_size}"
+            f"hidden_act: expected one of {list(TIMM_ACTIVATIONS)} to build a timm model, got {config.hidden_act!r}"
         )
+    gated = config.mlp_type == "gated"
+    if config.pooling == "map" and (gated or not config.proj_bias):
+        raise ValueError(
+            "pooling: timm's attention pooling has a plain MLP with biases, so 'map' converts with mlp_type 'plain' "
+            f"and proj_bias true, got mlp_type {config.mlp_type!r}, proj_bias {config.proj_bias}"
+        )
+    # timm's MLP width is int(hidden_size * mlp_ratio): half a unit above the width survives the rounding down.
+    mlp_ratio = ((2 if gated else 1) * config.intermediate_size + 0.5) / config.hidden_size
+    norm = nn.LayerNorm if config.norm_type == "layer_norm" else RmsNorm
+    norm_layer = partial(norm, eps=config.layer_norm_eps)
     return {
         "img_size": config.image_size,
         "patch_size": config.patch_size,
@@ -338,11 +434,21 @@ def timm_kwargs(config: ViTCustomConfig) -> dict:
         "num_heads": config.num_attention_heads,
         "mlp_ratio": mlp_ratio,
         "qkv_bias": config.qkv_bias,
+        "proj_bias": config.proj_bias,
+        "qk_norm": config.qk_norm,
+        "init_values": config.layer_scale_init_value,
+        "class_token": config.class_token,
+        "reg_tokens": config.num_register_tokens,
+        "no_embed_class": not config.prefix_position_embeddings,
+        "pre_norm": config.pre_norm,
+        "final_norm": config.final_norm,
         # timm's 'avg' without fc_norm averages the normed patch tokens: exactly our mean pooling.
-        "global_pool": "avg" if config.pooling == "mean" else "token",
-        "fc_norm": False,
-        "norm_layer": partial(nn.LayerNorm, eps=config.layer_norm_eps),
-        "act_layer": partial(nn.GELU, approximate=act[config.hidden_act]),
+        "global_pool": {ours: theirs for theirs, ours in POOLINGS.items()}[config.pooling],
+        "fc_norm": config.fc_norm,
+        "norm_layer": norm_layer,
+        "embed_norm_layer": norm_layer if config.patch_norm else None,
+        "act_layer": TIMM_ACTIVATIONS[config.hidden_act],
+        "mlp_layer": partial(GluMlp, gate_last=False) if gated else Mlp,
         "drop_rate": 0.0,
         "proj_drop_rate": config.hidden_dropout_prob,
         "pos_drop_rate": config.hidden_dropout_prob,

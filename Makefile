@@ -18,11 +18,14 @@ $(VENV)/.installed: pyproject.toml
 		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist chromium chromium-driver >/dev/null || true; fi
 	touch $@
 
-# One compute thread per physical core, which accelerate would otherwise choose with a warning on every launch.
+# One compute thread per physical core, which accelerate would otherwise choose with a warning on every launch; -q
+# leaves a refusal as train.py's one line instead of the launcher's traceback. ARGS: more flags, e.g.
+# `make quickstart ARGS=--overwrite_output_dir` to train again over a finished run.
+ARGS ?=
 quickstart: setup
-	$(VENV)/bin/accelerate launch --config_file configs/accelerate/cpu.yaml \
+	$(VENV)/bin/accelerate launch -q --config_file configs/accelerate/cpu.yaml \
 		--num_cpu_threads_per_process $$($(PY) -c "import psutil; print(psutil.cpu_count(logical=False) or 1)") \
-		scripts/train.py --config configs/quickstart.yaml
+		scripts/train.py --config configs/quickstart.yaml $(ARGS)
 
 test: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -n 2 --durations=15

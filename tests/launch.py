@@ -65,12 +65,22 @@ def train_command(
         kind = "file" if data[0].suffix == ".parquet" else "dir"
         source = (f"--train_{kind}", str(data[0]), f"--validation_{kind}", str(data[1]))
     if fsdp:  # the shipped FSDP2 config on CPU processes, in fp32
-        launch = [ACCELERATE, "launch", "--config_file", str(ROOT / "configs/accelerate/fsdp.yaml"), "--num_processes",
-                  str(processes), "--mixed_precision", "no", "--main_process_port", "0"]  # fmt: skip
+        launch = [ACCELERATE, "launch", "-q", "--config_file", str(ROOT / "configs/accelerate/fsdp.yaml"),
+                  "--num_processes", str(processes), "--mixed_precision", "no", "--main_process_port",
+                  "0"]  # fmt: skip
     elif processes == 1:
-        launch = [ACCELERATE, "launch", "--config_file", str(ROOT / "configs/accelerate/cpu.yaml")]
+        launch = [ACCELERATE, "launch", "-q", "--config_file", str(ROOT / "configs/accelerate/cpu.yaml")]
     else:
-        launch = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(processes), "--main_process_port", "0"]
+        launch = [
+            ACCELERATE,
+            "launch",
+            "-q",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--main_process_port",
+            "0",
+        ]
     return [
         *launch,
         str(ROOT / "scripts/train.py"),

@@ -89,9 +89,19 @@ def test_an_output_dir_holding_a_run_is_refused_unless_resumed_or_overwritten(im
     run(train_command(image_folders, out, *args))
     metrics = (out / "metrics.jsonl").read_text()
     result = fails(train_command(image_folders, out, *args))
+    # One line under `accelerate launch -q`, once: what the folder holds and how to train again.
+    top1 = events(out, "summary")[0]["final_eval_top1"]
+    (line,) = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert line.startswith(
+        f"train.py: error: --output_dir {out}: holds a finished run (top-1 {100 * top1:.2f}% after 2"
+    )
+    assert "to train again pass --overwrite_output_dir" in line and "Traceback" not in result.stderr
+    assert (out / "metrics.jsonl").read_text() == metrics
+    # An interrupted run (no final/) is named as such.
+    shutil.rmtree(out / "final")
+    result = fails(train_command(image_folders, out, *args))
     assert f"--output_dir {out}: expected a new or empty folder, got one holding a previous run" in result.stderr
     assert "pass --resume_from_checkpoint latest to continue it, or --overwrite_output_dir" in result.stderr
-    assert (out / "metrics.jsonl").read_text() == metrics
 
     run(train_command(image_folders, out, *args, "--max_train_steps", "3", "--overwrite_output_dir"))
     assert len(events(out, "summary")) == 1 and events(out, "summary")[0]["total_steps"] == 3
@@ -332,3 +342,75 @@ def test_torch_compile_trains_saves_and_resumes_like_eager(image_folders, tmp_pa
     assert "at step 3" in result.stderr
     assert events(compiled, "summary")[-1]["total_steps"] == 12
     assert (compiled / "final" / "model.safetensors").is_file()
+
+
+def test_a_refused_resume_changes_nothing_and_names_each_changed_setting(image_folders, tmp_path):
+    """A finished run resumed with another learning rate, or another optimizer, is refused before anything in the
+    run directory changes; the same settings find it complete and leave its record as it was."""
+    out = tmp_path / "run"
+    base = ("--per_device_train_batch_size", "8", "--max_train_steps", "4")
+    run(train_command(image_folders, out, *base))
+    record = {name: (out / name).read_bytes() for name in ("run_config.json", "metrics.jsonl")}
+
+    changed = fails(train_command(image_folders, out, *base, "--resume_from_checkpoint", "latest",
+                                  "--learning_rate", "0.05", "--weight_decay", "0.1"))  # fmt: skip
+    assert "--learning_rate 0.1 -> 0.05; --weight_decay 0.05 -> 0.1" in changed.stderr
+    muon = fails(train_command(image_folders, out, *base, "--resume_from_checkpoint", "latest", "--optim", "muon"))
+    assert "--optim muon: the checkpoint was trained with adamw" in muon.stderr
+    complete = run(train_command(image_folders, out, *base, "--resume_from_checkpoint", "latest"))
+    assert "is complete: step_4 is step 4 of 4" in complete.stderr
+    assert {name: (out / name).read_bytes() for name in record} == record
+
+    # Extending is a length, not a recipe: accepted, and the record says the new length with the same rate.
+    run(train_command(image_folders, out, "--per_device_train_batch_size", "8", "--max_train_steps", "6",
+                      "--resume_from_checkpoint", "latest"))  # fmt: skip
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["max_train_steps"] == 6 and config["learning_rate"] == 0.1
+    assert events(out, "summary")[-1]["total_steps"] == 6
+
+
+def test_resuming_from_an_earlier_checkpoint_sets_the_later_timeline_aside(image_folders, tmp_path):
+    """12 steps (6 an epoch) with checkpoints every 3; resumed by path from step_3 for 8 steps, then from latest for
+    10: latest is the new timeline's step_8, not the abandoned step_12, and the abandoned models are kept apart."""
+    out = tmp_path / "run"
+    base = ("--per_device_train_batch_size", "8", "--checkpointing_steps", "3", "--checkpoints_total_limit", "10")
+    run(train_command(image_folders, out, *base, "--max_train_steps", "12"))
+    assert [p.name for p in list_checkpoints(out)] == ["step_3", "step_6", "step_9", "step_12"]
+
+    shorter = run(train_command(image_folders, out, *base, "--max_train_steps", "8",
+                                "--resume_from_checkpoint", str(out / "checkpoints" / "step_3")))  # fmt: skip
+    assert "Shortening the run from 12 to 8 optimizer steps" in shorter.stderr
+    aside = out / "checkpoints" / "abandoned_after_step_3"
+    assert sorted(p.name for p in aside.iterdir()) == ["best", "final", "step_12", "step_6", "step_9"]
+    assert [p.name for p in list_checkpoints(out)] == ["step_3", "step_6", "step_8"]
+    assert events(out, "summary")[-1]["total_steps"] == 8
+    assert [e["step"] for e in events(out, "eval")] == [6, 8]  # the abandoned evaluations left the log
+    assert events(out, "summary")[-1]["best_step"] in (6, 8) and (out / "best").is_dir()
+
+    extended = run(train_command(image_folders, out, *base, "--max_train_steps", "10",
+                                 "--resume_from_checkpoint", "latest"))  # fmt: skip
+    assert "Resumed from" in extended.stderr and "step_8 at step 8" in extended.stderr
+    assert "Extending the run from 8 to 10 optimizer steps" in extended.stderr
+    assert events(out, "summary")[-1]["total_steps"] == 10
+    assert [e["step"] for e in events(out, "train")] == list(range(1, 11))
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ("flat", "--train_dir {train}: expected a folder of class subfolders ({train}/cat/1.jpg"),
+        ("missing", "--train_dir {train}: expected a folder of class subfolders, got no folder"),
+    ],
+)
+def test_a_refusal_under_accelerate_launch_is_one_line_once(tmp_path, layout, message):
+    """The reason, on one line, printed once, last, with no traceback (accelerate launch -q, as the README says)."""
+    train = tmp_path / "images"
+    if layout == "flat":
+        train.mkdir()
+        for i in range(3):
+            Image.new("RGB", (8, 8)).save(train / f"{i}.png")
+    result = fails(train_command((train, train), tmp_path / "run", "--max_train_steps", "1"))
+    lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: " + message.format(train=train))
+    assert result.stderr.rstrip().endswith(lines[0]) and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -76,3 +76,27 @@ def build_dataloaders(
         )
     eval_loader = torch.utils.data.DataLoader(evaluation, batch_size=args.per_device_eval_batch_size, **common)
     return train_loader, eval_loader, epoch_source
+
+
+def batches_per_epoch(train_loader, splits, data_args, args, num_processes: int) -> int:
+    """Per-process training batches in an epoch; refuses a split too small for one batch, and a stream whose length
+    is unknown where epochs must be counted."""
+    if not data_args.streaming:
+        num_batches = len(train_loader)
+    elif splits.train_size is not None:
+        # Every process reads the same number of batches from its shards, so that their collectives pair up.
+        num_batches = splits.train_size // (args.per_device_train_batch_size * num_processes)
+    elif not args.max_train_steps or args.warmup_epochs:
+        raise ValueError(
+            "--streaming from a source that does not record its length: epochs cannot be counted, so expected "
+            f"--max_train_steps and no --warmup_epochs, got max_train_steps={args.max_train_steps}, "
+            f"warmup_epochs={args.warmup_epochs}; or stream a saved dataset (--dataset_path), which knows its length"
+        )
+    else:  # one pass of max_train_steps
+        num_batches = args.max_train_steps * args.gradient_accumulation_steps
+    if num_batches == 0:
+        raise ValueError(
+            f"--per_device_train_batch_size {args.per_device_train_batch_size}: the training split has too few "
+            f"samples for one batch on each of {num_processes} processes; lower the batch size"
+        )
+    return num_batches

@@ -93,7 +93,14 @@ def _file_builder(pattern: str) -> str:
 
 
 def _check_class_folders(flag: str, folder: Path) -> None:
-    """An image folder whose class subfolder holds no file would give a model without that class, silently."""
+    """An image folder whose class subfolder holds no file would give a model without that class, silently; a flat
+    folder of images has no classes at all."""
+    if not any(d.is_dir() for d in folder.iterdir()):
+        files = sum(1 for p in folder.iterdir() if p.is_file())
+        raise ValueError(
+            f"--{flag} {folder}: expected a folder of class subfolders ({folder}/cat/1.jpg, {folder}/dog/2.jpg), "
+            f"got {files} files and no subfolders"
+        )
     empty = sorted(d.name for d in folder.iterdir() if d.is_dir() and not any(p.is_file() for p in d.rglob("*")))
     if empty:
         raise ValueError(

@@ -58,6 +58,13 @@ class ModelArguments:
             )
         if any(value <= 0 for value in self.image_std):
             raise ValueError(f"--image_std: expected positive values, got {self.image_std}")
+        if self.model == "vit_custom" and self.model_config_overrides and not self.model_name_or_path:
+            from ..configuration_vit_custom import ViTCustomConfig
+
+            try:  # the model's own checks, before any data is read
+                ViTCustomConfig(**parse_config_overrides(self.model_config_overrides))
+            except ValueError as error:
+                raise ValueError(f"--model_config_overrides: {error}") from None
 
     def preprocess_settings(self, image_size: int):
         from ..image_processing import PreprocessSettings
@@ -212,9 +219,17 @@ def _expect(args, name: str, ok: bool, expected: str) -> None:
         raise ValueError(f"--{name}: expected {expected}, got {getattr(args, name)!r}")
 
 
+class FlagParser(HfArgumentParser):
+    """transformers' dataclass parser whose errors are one line, `prog: error: ...`, without the usage block (some
+    sixty lines of flags here, which `--help` shows)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def parse_args(dataclass_types: Sequence[type], argv: list[str] | None = None) -> tuple:
     """Parse a YAML recipe (`--config FILE`, every key a flag) and the command line, which wins over the recipe."""
-    parser = HfArgumentParser(dataclass_types)
+    parser = FlagParser(dataclass_types)
     parser.add_argument("--config", default=None, help="A YAML recipe; every key is also a command-line flag.")
     argv = sys.argv[1:] if argv is None else argv
     config_path = parser.parse_known_args(argv)[0].config

@@ -109,3 +109,36 @@ def ranks_in_sync(model: nn.Module, accelerator) -> bool:
         offset += bits.numel()
     fingerprints = accelerator.gather(fingerprint)
     return bool((fingerprints == fingerprints[0]).all())
+
+
+class Evaluator:
+    """The validation split's evaluation of a run: the model, and its EMA copy beside it (as DeiT, whose raw model
+    chooses best/), into one result dict (the EMA's keys `eval_ema_*`)."""
+
+    def __init__(self, loader, normalize: Callable, accelerator, num_classes: int, prepared: bool, multi_label: bool):
+        self.loader, self.normalize, self.accelerator = loader, normalize, accelerator
+        self.num_classes, self.prepared, self.multi_label = num_classes, prepared, multi_label
+        self.metric = main_metric(multi_label)
+
+    def __call__(self, model: nn.Module, ema_model: nn.Module | None = None) -> dict:
+        result = self._evaluate(model)
+        if ema_model is not None:
+            ema = self._evaluate(ema_model)
+            result.update({key.replace("eval_", "eval_ema_"): value for key, value in ema.items()})
+        return result
+
+    def _evaluate(self, model: nn.Module) -> dict:
+        return run_evaluation(
+            model, self.loader, self.normalize, self.accelerator, self.num_classes, self.prepared, self.multi_label
+        )
+
+    def describe(self, result: dict) -> str:
+        """'eval loss 0.4123, top-1 ..., top-5 ... (EMA: ...) on N samples', for the log."""
+        if self.multi_label:
+            summary = f"mAP {100 * result['eval_map']:.2f}%, F1 {100 * result['eval_f1']:.2f}% at 0.5"
+        else:
+            summary = f"top-1 {100 * result['eval_top1']:.2f}%, top-5 {100 * result['eval_top5']:.2f}%"
+        ema_metric = self.metric.replace("eval_", "eval_ema_")
+        if ema_metric in result:
+            summary += f" (EMA: {ema_metric} {100 * result[ema_metric]:.2f}%)"
+        return f"eval loss {result['eval_loss']:.4f}, {summary} on {result['eval_samples']} samples"

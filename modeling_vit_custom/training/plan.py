@@ -103,5 +103,41 @@ def run_plan(
     ]
 
 
+def dry_run_plan(
+    accelerator, model, optimizer, scheduler, batch: dict, normalize, *, model_args, aug_args, args, preprocess,
+    global_batch_size: int, epoch_steps: int, max_train_steps: int, flops_per_image: float,
+) -> str:  # fmt: skip
+    """`--dry_run`'s plan as a Markdown table, with the step time measured on `batch` (one per-process micro-batch:
+    forward and backward without the update, so the weights stay as they are)."""
+    from .models import logits_of
+
+    pixel_values = normalize(batch["pixel_values"].to(accelerator.device))
+
+    def forward_backward():
+        with accelerator.autocast():
+            loss = logits_of(model, pixel_values).float().logsumexp(-1).mean()
+        accelerator.backward(loss)
+        optimizer.zero_grad(set_to_none=True)
+
+    rows = run_plan(
+        model_args=model_args,
+        aug_args=aug_args,
+        args=args,
+        model_config=getattr(accelerator.unwrap_model(model), "config", None),
+        settings=preprocess,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        num_processes=accelerator.num_processes,
+        mixed_precision=accelerator.mixed_precision,
+        global_batch_size=global_batch_size,
+        epoch_steps=epoch_steps,
+        max_train_steps=max_train_steps,
+        flops_per_image=flops_per_image,
+        # One optimizer step is accumulation x this micro-batch (the update itself is not timed).
+        step_seconds=measure_step_seconds(forward_backward) * args.gradient_accumulation_steps,
+    )
+    return format_plan(rows)
+
+
 def format_plan(rows: list[tuple[str, str]]) -> str:
     return "\n".join(["| setting | value |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)])

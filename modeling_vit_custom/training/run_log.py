@@ -8,7 +8,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..files import read_json, replacing, write_text
+from ..files import read_json, replacing, write_json, write_text
+from .arguments import to_jsonable
 
 METRICS_FILE = "metrics.jsonl"
 RUN_CONFIG_FILE = "run_config.json"
@@ -37,6 +38,34 @@ class RunSummary:
     phase_seconds: dict | None = None
     total_steps: int | None = None
     ranks_in_sync: bool | None = None
+
+    @classmethod
+    def at_end(cls, best, result: dict, multi_label: bool, **facts) -> "RunSummary":
+        """The summary of a run whose last evaluation is `result` and whose best is `best` (a `tracking.BestModel`);
+        `facts`: the other fields (runtime, images, phase seconds, steps, whether the ranks ended in sync)."""
+        return cls(
+            best_eval_top1=None if multi_label else best.score,
+            best_eval_map=best.score if multi_label else None,
+            best_step=best.step,
+            final_eval_top1=result.get("eval_top1"),
+            final_eval_top5=result.get("eval_top5"),
+            final_eval_ema_top1=result.get("eval_ema_top1"),
+            final_eval_map=result.get("eval_map"),
+            final_eval_f1=result.get("eval_f1"),
+            final_eval_ema_map=result.get("eval_ema_map"),
+            **facts,
+        )
+
+
+def run_settings(*dataclass_objects) -> dict:
+    """The run's flags as run_config.json and each checkpoint record them, and as a resume compares them (JSON's
+    types: a tuple reads back as a list)."""
+    return json.loads(json.dumps(to_jsonable(*dataclass_objects)))
+
+
+def write_run_config(output_dir: Path, settings: dict, **facts) -> None:
+    """run_config.json: the flags and what the run made of them (`facts`: process count, effective rate, device)."""
+    write_json({**settings, **facts}, output_dir / RUN_CONFIG_FILE)
 
 
 class MetricsLog:
@@ -172,6 +201,20 @@ def check_output_dir(output_dir: str | os.PathLike, resume: bool, overwrite: boo
     if output_dir.exists() and not output_dir.is_dir():
         raise FileExistsError(f"--output_dir {output_dir}: expected a folder, got a file")
     previous = [name for name in RUN_ENTRIES if (output_dir / name).exists()]
+    if previous and not resume and not overwrite and (output_dir / "final").is_dir():
+        result = read_run(output_dir).result_for(output_dir / "final") or {}
+        score = (
+            f"top-1 {100 * result['top1']:.2f}%"
+            if result.get("top1") is not None
+            else f"mAP {100 * result['map']:.2f}%"
+            if result.get("map") is not None
+            else "no evaluation"
+        )
+        raise FileExistsError(
+            f"--output_dir {output_dir}: holds a finished run ({score} after {result.get('step')} steps, model in "
+            f"{output_dir / 'final'}); to train again pass --overwrite_output_dir (or another --output_dir), or "
+            "--resume_from_checkpoint latest with a larger --num_train_epochs to extend it"
+        )
     if previous and not resume and not overwrite:
         raise FileExistsError(
             f"--output_dir {output_dir}: expected a new or empty folder, got one holding a previous run "

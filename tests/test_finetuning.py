@@ -181,3 +181,61 @@ def test_a_hub_model_id_starts_from_its_cached_snapshot_and_an_unknown_one_is_na
     assert found.stdout.split("\n")[-2] == "0123abc ((4, 4), (6, 6))"
     missing = subprocess.run([sys.executable, "-c", code, "someone/missing"], env=env, capture_output=True, text=True)
     assert "--model_name_or_path 'someone/missing': no such local folder, and not a Hub model" in missing.stderr
+
+
+# Tiny timm ViTs with prefix tokens: DINOv2 with registers (class token and 4 registers, patches alone
+# position-embedded, LayerScale) and SigLIP-like (no class token, 2 position-embedded registers, attention pooling).
+TIMM_WITH_PREFIX = {
+    "dinov2_reg": {"reg_tokens": 4, "no_embed_class": True, "init_values": 1e-5},
+    "siglip_reg": {"class_token": False, "reg_tokens": 2, "global_pool": "map", "act_layer": "gelu_tanh"},
+}
+
+
+def _converted_folder(tmp_path: Path, kind: str) -> tuple[Path, torch.nn.Module]:
+    from timm.models.vision_transformer import VisionTransformer
+
+    from modeling_vit_custom.image_processing import PreprocessSettings
+    from modeling_vit_custom.interop.timm_conversion import from_timm, save_converted
+
+    torch.manual_seed(0)
+    kwargs = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 10}
+    source = VisionTransformer(**kwargs, **TIMM_WITH_PREFIX[kind]).eval()
+    folder = tmp_path / kind
+    save_converted(from_timm(source), folder, PreprocessSettings(image_size=16).to_image_processor(), {})
+    return folder, source
+
+
+@pytest.mark.parametrize("kind", sorted(TIMM_WITH_PREFIX))
+def test_a_converted_model_with_prefix_tokens_loads_at_another_size_as_timm_resamples(kind, tmp_path):
+    folder, source = _converted_folder(tmp_path, kind)
+    model = load_pretrained(str(folder), {"image_size": 24}, ["a", "b", "c"])
+    embedded_prefix = 0 if source.no_embed_class else source.num_prefix_tokens
+    expected = resample_abs_pos_embed(source.pos_embed.detach(), [6, 6], num_prefix_tokens=embedded_prefix)
+    loaded = model.vit.embeddings.position_embeddings.detach()
+    assert loaded.shape == (1, embedded_prefix + 36, 32)
+    assert (loaded - expected).abs().max().item() < 1e-6
+    # timm at 24 px with the same resampling gives the same features.
+    timm_24 = resample_abs_pos_embed(source.pos_embed, [6, 6], num_prefix_tokens=embedded_prefix)
+    pixels = torch.randn(2, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        source.pos_embed = torch.nn.Parameter(timm_24)
+        source.patch_embed.img_size, source.patch_embed.grid_size = (24, 24), (6, 6)
+        source.patch_embed.num_patches = 36
+        theirs = source.forward_head(source.forward_features(pixels), pre_logits=True)
+        ours = model.eval().vit(pixels).pooler_output
+    assert (ours - theirs).abs().max().item() < 1e-5
+
+
+def test_finetune_recipe_starts_from_a_converted_dinov2_with_registers(image_folders, tmp_path):
+    """Convert (a tiny DINOv2 with registers, random weights), then fine-tune with configs/finetune.yaml at 24 px."""
+    folder, source = _converted_folder(tmp_path, "dinov2_reg")
+    out = tmp_path / "run"
+    result = run(finetune_command(image_folders, folder, out, "image_size=24"))
+    assert "position embeddings resampled from a 4x4 to a 6x6 grid" in result.stderr
+    loaded = load_file(out / "checkpoints/step_1/model.safetensors")
+    expected = resample_abs_pos_embed(source.pos_embed.detach(), [6, 6], num_prefix_tokens=0)
+    assert (loaded[POSITION_EMBEDDINGS] - expected).abs().max().item() < 1e-6
+    assert torch.equal(loaded["vit.embeddings.register_tokens"], source.reg_token.detach())
+    reloaded = ViTCustomForImageClassification.from_pretrained(out / "final")
+    assert reloaded.config.num_register_tokens == 4 and reloaded.config.image_size == 24
+    assert not reloaded.config.prefix_position_embeddings and reloaded.config.layer_scale_init_value == 1e-5

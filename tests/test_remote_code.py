@@ -126,10 +126,9 @@ def saved_folders(tmp_path_factory):
     return {"root": root, "folders": folders, "expected_predictions": expected}
 
 
-@pytest.fixture(scope="module")
-def remote_report(saved_folders):
-    """Runs LOADER once over every folder in a fresh, isolated interpreter and returns its report."""
-    root = saved_folders["root"]
+def run_loader(root: Path, folders: list[Path]) -> dict:
+    """Runs LOADER over `folders` (compared with root/reference.safetensors) in a fresh, isolated interpreter and
+    returns its report."""
     workdir = root / "workdir"
     workdir.mkdir()
     loader = workdir / "load_remote_code.py"
@@ -139,11 +138,47 @@ def remote_report(saved_folders):
     # Its own HF_HOME so the copied model code lands in a private transformers_modules cache, not ~/.cache.
     env |= {"HF_HOME": str(root / "hf_home"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     command = [sys.executable, "-I", str(loader), str(report_path), str(root / "reference.safetensors")]
-    command += [str(root / "image.png"), *map(str, saved_folders["folders"])]
+    command += [str(root / "image.png"), *map(str, folders)]
     completed = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
     if completed.returncode != 0:
         pytest.fail(f"remote-code loader exited with {completed.returncode}:\n{completed.stderr[-4000:]}")
     return json.loads(report_path.read_text())
+
+
+@pytest.fixture(scope="module")
+def remote_report(saved_folders):
+    return run_loader(saved_folders["root"], saved_folders["folders"])
+
+
+def test_a_model_with_every_zoo_feature_loads_as_remote_code_and_in_a_pipeline(tmp_path):
+    """No class token, registers, attention pooling, LayerScale, RMSNorm, qk-norm, a gated MLP, pre- and patch
+    norms: the shipped model file alone computes the same outputs in a clean process."""
+    torch.manual_seed(0)
+    config = modeling_vit_custom.ViTCustomConfig(
+        image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=96, num_labels=NUM_LABELS, class_token=False, num_register_tokens=2, pooling="map",
+        layer_scale_init_value=0.1, norm_type="rms_norm", qk_norm=True, mlp_type="gated", hidden_act="silu",
+        pre_norm=True, patch_norm=True, prefix_position_embeddings=False, proj_bias=False,
+    )  # fmt: skip
+    model = ViTCustomForImageClassification(config).eval()
+    folder = tmp_path / "zoo"
+    model.save_pretrained(folder)
+    PreprocessSettings(image_size=32).to_image_processor().save_pretrained(folder)
+    pixel_values = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        reference = {
+            "pixel_values": pixel_values,
+            "pooler_output": model.vit(pixel_values).pooler_output.contiguous(),
+            "logits": model(pixel_values).logits,
+        }
+    save_file(reference, tmp_path / "reference.safetensors")
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "image.png")
+    report = run_loader(tmp_path, [folder])
+    (result,) = report["results"].values()
+    assert not report["package_importable"]
+    assert result["classifier"].endswith("modeling_vit_custom.ViTCustomForImageClassification")
+    assert result["pooler_max_abs_diff"] < 1e-5 and result["logits_max_abs_diff"] < 1e-5
+    assert len(result["predictions"]) == 3
 
 
 def test_saved_folder_is_self_contained(saved_folders):

@@ -97,7 +97,8 @@ def fit_checkpoint(model_name_or_path: str, overrides: dict, class_names: list[s
     if unexpected:
         problems.append(f"the checkpoint's {unexpected} are not in the model")
     (old_grid, _), width = fit.grids, fit.config.hidden_size
-    resampled = (1, 1 + old_grid[0] * old_grid[1], width)  # the checkpoint's own grid, in the run's width
+    prefix = fit.config.num_prefix_tokens if fit.config.prefix_position_embeddings else 0
+    resampled = (1, prefix + old_grid[0] * old_grid[1], width)  # the checkpoint's own grid, in the run's width
     for name in sorted(expected.keys() & found.keys() - skip):
         if found[name] != expected[name] and not (name == POSITION_EMBEDDINGS and found[name] == resampled):
             problems.append(f"{name} is {found[name]} in the checkpoint, {expected[name]} in the model")
@@ -116,7 +117,8 @@ def load_pretrained(
     model_name_or_path: str, overrides: dict, class_names: list[str]
 ) -> ViTCustomForImageClassification:
     """The run's model with the folder's weights: position embeddings resampled bicubically to the run's grid as
-    timm loads a checkpoint at another size (`resample_abs_pos_embed`, antialiased, class-token row kept), and a
+    timm loads a checkpoint at another size (`resample_abs_pos_embed`, antialiased, the rows of the class and
+    register tokens kept apart), and a
     new head (the model's initialisation) when the class count differs. See `fit_checkpoint` for what is refused."""
     fit = fit_checkpoint(model_name_or_path, overrides, class_names)
     model = ViTCustomForImageClassification(fit.config)
@@ -125,8 +127,13 @@ def load_pretrained(
         state_dict |= load_file(path)
     old_grid, new_grid = fit.grids
     if old_grid != new_grid:
+        config = fit.config
         state_dict[POSITION_EMBEDDINGS] = resample_position_embeddings(
-            state_dict[POSITION_EMBEDDINGS], old_grid, new_grid, antialias=True
+            state_dict[POSITION_EMBEDDINGS],
+            old_grid,
+            new_grid,
+            antialias=True,
+            num_prefix_tokens=config.num_prefix_tokens if config.prefix_position_embeddings else 0,
         )
         logger.info(
             "%s: position embeddings resampled from a %dx%d to a %dx%d grid (bicubic; image_size %d -> %d)",

@@ -15,6 +15,7 @@ from modeling_vit_custom import ViTCustomConfig, ViTCustomForImageClassification
 from modeling_vit_custom.image_processing import PreprocessSettings
 from modeling_vit_custom.inference.attention_maps import (
     attention_maps,
+    draw,
     rollout,
     to_image,
     token_layout,
@@ -56,8 +57,44 @@ def test_token_relevance_reads_the_class_token_row_or_the_patch_rows():
     mean = token_relevance(layers, "mean")
     assert set(mean) == {"rollout"}  # the class token does not predict: no class-token map
     assert torch.allclose(mean["rollout"], rollout(layers)[:, 1:, 1:].mean(1))
-    with pytest.raises(ValueError, match="pooling: expected 'cls' or 'mean', got 'max'"):
+    with pytest.raises(ValueError, match="pooling: expected 'cls', 'mean' or 'map', got 'max'"):
         token_relevance(layers, "max")
+
+
+def test_register_tokens_are_left_out_of_the_patch_grid():
+    torch.manual_seed(0)
+    layers = [torch.rand(2, 4, 9, 9).softmax(-1) for _ in range(2)]  # class token, 2 registers, 6 patches
+    cls = token_relevance(layers, "cls", num_prefix_tokens=3)
+    assert cls["last_layer_heads"].shape == (2, 4, 6)
+    assert torch.equal(cls["last_layer_heads"], layers[-1][:, :, 0, 3:])
+    assert torch.allclose(cls["rollout"], rollout(layers)[:, 0, 3:])
+    pooled = torch.rand(2, 4, 6).softmax(-1)
+    attention_pooled = token_relevance(layers, "map", num_prefix_tokens=2, pool_attention=pooled)
+    assert torch.equal(attention_pooled["last_layer_heads"], pooled)
+    assert torch.allclose(attention_pooled["rollout"], rollout(layers)[:, 2:, 2:].mean(1))
+    with pytest.raises(ValueError, match="pool_attention: expected"):
+        token_relevance(layers, "map", num_prefix_tokens=2)
+
+
+def test_maps_of_a_registered_attention_pooled_model_show_the_pooling_query(tiny_config, seed):
+    model = ViTCustomForImageClassification(
+        tiny_config(class_token=False, num_register_tokens=2, pooling="map")
+    ).eval()
+    pixel_values = torch.randn(1, 3, 32, 32)
+    (maps,) = attention_maps(model, pixel_values, [0.5] * 3, [0.5] * 3)
+    assert maps.pooling == "map" and maps.last_layer_heads.shape == (4, 32, 32)
+    # The pooling query's weights over the 4 x 4 patches, by hand: softmax(q k^T / sqrt(d)) of the pooled tokens.
+    pooler = model.vit.pooler
+    with torch.no_grad():
+        tokens = model.vit(pixel_values).last_hidden_state[:, 2:]
+        q = pooler.q(pooler.latent).view(1, 4, 16).transpose(0, 1)  # (heads, 1, head_dim)
+        k = pooler.kv(tokens)[0, :, :64].view(16, 4, 16).transpose(0, 1)  # (heads, 16, head_dim)
+        weights = (q @ k.transpose(1, 2) / 4).softmax(-1)[:, 0]  # (heads, 16)
+    corner = maps.last_layer_heads[:, 0, 0]  # each 8 x 8 patch's pixels carry its weight
+    assert torch.allclose(corner, weights[:, 0], atol=1e-6)
+    assert torch.allclose(maps.last_layer_heads[:, 31, 31], weights[:, 15], atol=1e-6)
+    fig = draw(maps, "tiny")
+    assert "attention pooling's query" in fig.axes[1].get_title()
 
 
 def test_to_image_puts_each_token_over_its_pixels():

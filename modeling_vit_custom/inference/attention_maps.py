@@ -1,4 +1,5 @@
-"""Where the model looks: the class token's last-layer attention and attention rollout, drawn over the image."""
+"""Where the model looks: attention rollout, and the class token's (or the attention pooling's) last attention, drawn
+over the image's patches (register tokens are not image patches and are left out)."""
 
 import logging
 from collections.abc import Sequence
@@ -31,18 +32,31 @@ def rollout(attentions: Sequence[torch.Tensor]) -> torch.Tensor:
     return result
 
 
-def token_relevance(attentions: Sequence[torch.Tensor], pooling: str) -> dict[str, torch.Tensor]:
-    """Per-patch maps (B, ..., N - 1) from the attention maps of every layer, (B, heads, N, N) each:
-    `rollout` (B, N - 1) for the pooled output (the class token's row, or the mean of the patch tokens' rows for
-    `pooling="mean"`); with class-token pooling also `last_layer_heads` (B, heads, N - 1), the class token's attention
-    in the last layer, and `last_layer` (B, N - 1), its mean over heads."""
-    rolled = rollout(attentions)
-    if pooling == "mean":
-        return {"rollout": rolled[:, 1:, 1:].mean(dim=1)}
-    if pooling != "cls":
-        raise ValueError(f"pooling: expected 'cls' or 'mean', got {pooling!r}")
-    heads = attentions[-1][:, :, 0, 1:].float()
-    return {"rollout": rolled[:, 0, 1:], "last_layer": heads.mean(dim=1), "last_layer_heads": heads}
+def token_relevance(
+    attentions: Sequence[torch.Tensor],
+    pooling: str,
+    num_prefix_tokens: int = 1,
+    pool_attention: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-patch maps (B, ..., N) from the attention maps of every layer, (B, heads, P + N, P + N) each, P prefix
+    tokens (class token, registers) first: `rollout` (B, N) for the pooled output (the class token's row, or the
+    mean of the patch tokens' rows for `pooling="mean"` and `"map"`); with class-token pooling also
+    `last_layer_heads` (B, heads, N), the class token's attention in the last layer, and `last_layer` (B, N), its
+    mean over heads; with attention pooling (`"map"`), those two are the pooling query's attention over the patches,
+    `pool_attention` (B, heads, N)."""
+    rolled, p = rollout(attentions), num_prefix_tokens
+    if pooling == "cls":
+        heads = attentions[-1][:, :, 0, p:].float()
+        return {"rollout": rolled[:, 0, p:], "last_layer": heads.mean(dim=1), "last_layer_heads": heads}
+    if pooling not in ("mean", "map"):
+        raise ValueError(f"pooling: expected 'cls', 'mean' or 'map', got {pooling!r}")
+    maps = {"rollout": rolled[:, p:, p:].mean(dim=1)}
+    if pooling == "map":
+        if pool_attention is None:
+            raise ValueError("pool_attention: expected the attention pooling's weights for pooling 'map', got None")
+        heads = pool_attention.float()
+        maps |= {"last_layer": heads.mean(dim=1), "last_layer_heads": heads}
+    return maps
 
 
 def to_image(
@@ -72,7 +86,8 @@ def token_layout(model, height: int, width: int) -> tuple[tuple[int, int], int]:
 @dataclass
 class AttentionMaps:
     """What one image's figure shows: `image` (H, W, C) in [0, 1] as the model saw it, `rollout` (H, W),
-    `last_layer` (H, W) and `last_layer_heads` (heads, H, W) (None for a mean-pooled model), the prediction and
+    `last_layer` (H, W) and `last_layer_heads` (heads, H, W) (the class token's, or the attention pooling's query's
+    with `pooling="map"`; None for a mean-pooled model), `pooling`, the prediction and
     `scores` (num_labels,), the pipeline's (softmax, or sigmoid for a multi-label model)."""
 
     image: np.ndarray
@@ -82,6 +97,7 @@ class AttentionMaps:
     label: str
     score: float
     scores: torch.Tensor | None = None
+    pooling: str = "cls"
 
 
 @torch.no_grad()
@@ -92,12 +108,19 @@ def attention_maps(model, pixel_values: torch.Tensor, mean: Sequence[float], std
     config = model.config
     native = (height, width) == (config.image_size, config.image_size)
     # output_attentions takes the eager path for this forward only, whatever attn_implementation the model loaded with.
-    output = model(pixel_values, output_attentions=True, interpolate_pos_encoding=not native)
+    pooling = config.pooling
+    output = model(
+        pixel_values,
+        output_attentions=True,
+        output_hidden_states=pooling == "map",
+        interpolate_pos_encoding=not native,
+    )
+    pool_attention = None
+    if pooling == "map":  # the pooling's query over the patches, from the tokens it pools
+        pool_attention = model.vit.pooler.attention_weights(model.vit.norm(output.hidden_states[-1]))
     grid, stride = token_layout(model, height, width)
-    maps = {
-        name: to_image(values, grid, stride, (height, width)).cpu()
-        for name, values in token_relevance(output.attentions, config.pooling).items()
-    }
+    relevance = token_relevance(output.attentions, pooling, config.num_prefix_tokens, pool_attention)
+    maps = {name: to_image(values, grid, stride, (height, width)).cpu() for name, values in relevance.items()}
     probabilities = scores_of(output.logits, config).cpu()
     shift = torch.tensor(mean).view(1, -1, 1, 1)
     scale = torch.tensor(std).view(1, -1, 1, 1)
@@ -114,6 +137,7 @@ def attention_maps(model, pixel_values: torch.Tensor, mean: Sequence[float], std
                 label=config.id2label[top],
                 score=float(probabilities[i, top]),
                 scores=probabilities[i],
+                pooling=pooling,
             )
         )
     return results
@@ -128,10 +152,12 @@ def draw(maps: AttentionMaps, title: str):
     import matplotlib.pyplot as plt
 
     panels = [("rollout (all layers)", maps.rollout)]
-    if maps.last_layer is not None:
+    if maps.pooling == "cls":
         panels.insert(0, ("class token, last layer\n(mean of heads)", maps.last_layer))
     else:
-        panels[0] = ("rollout of the patch tokens\n(mean-pooled: no class token)", maps.rollout)
+        panels[0] = (f"rollout of the patch tokens\n({maps.pooling}-pooled: no class token)", maps.rollout)
+    if maps.pooling == "map":
+        panels.insert(0, ("attention pooling's query\n(mean of heads)", maps.last_layer))
     heads = [] if maps.last_layer_heads is None else list(maps.last_layer_heads)
     columns = max(1 + len(panels), len(heads))
     rows = 2 if heads else 1
@@ -204,7 +230,9 @@ def draw_attention(
         except (OSError, ValueError) as error:
             raise ValueError(f"{path}: expected a readable image, got {type(error).__name__}: {error}") from error
     if config.pooling == "mean":
-        logger.info("%s is mean-pooled: drawing attention rollout only (the class token does not predict)", model_dir)
+        logger.info("%s is mean-pooled: drawing attention rollout only (no class token predicts)", model_dir)
+    elif config.pooling == "map":
+        logger.info("%s is attention-pooled: drawing its pooling query's attention and the rollout", model_dir)
     model.to(device)
     for path, picture, output in zip(images, pictures, outputs, strict=True):
         pixel_values = processor(picture, return_tensors="pt")["pixel_values"].to(device)

@@ -124,6 +124,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
         model, optimizer = accelerator.prepare(model, optimizer)
     else:
         model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    if accelerator.is_fsdp2:
+        sharding.check_sharded(model)  # never silently unsharded
     num_batches = loaders.batches_per_epoch(train_loader, splits, data_args, args, accelerator.num_processes)
     epoch_steps = models.steps_per_epoch(num_batches, args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or math.ceil(args.num_train_epochs * epoch_steps)
@@ -203,6 +205,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
     num_parameters = sum(p.numel() for p in model.parameters())
     facts = {
         "dataset_name": data_args.hub_dataset_name,
+        "data_path": loaders.data_path(train_loader, streaming),
         "num_processes": accelerator.num_processes,
         "global_batch_size": global_batch_size,
         "effective_learning_rate": lr,

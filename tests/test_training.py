@@ -221,7 +221,7 @@ def test_timm_run_saves_class_names_and_evaluates_from_its_folder(image_folders,
     numbers the run logged. Tools that take only our folders (predict.py) refuse it by name, with that conversion."""
     out = tmp_path / "run"
     run(train_command(image_folders, out, "--model", "timm:vit_tiny_patch16_224", "--max_train_steps", "2",
-                      "--max_eval_samples", "16"))  # fmt: skip
+                      "--max_eval_samples", "16", "--model_config_overrides", "drop_path_rate=0.1"))  # fmt: skip
     config = json.loads((out / "final" / "config.json").read_text())
     assert config["architecture"] == "vit_tiny_patch16_224"
     assert config["pretrained_cfg"]["label_names"] == ["blue", "green", "red"]  # what timm's loader reads back
@@ -248,3 +248,42 @@ def test_timm_run_saves_class_names_and_evaluates_from_its_folder(image_folders,
         result = json.loads(json_path.read_text())
         assert result["eval_samples"] == 16 and result["eval_top1"] == logged["eval_top1"], name
         assert result["eval_loss"] == pytest.approx(logged["eval_loss"], rel=1e-5), name
+
+
+def test_timm_models_get_the_overrides_that_apply_and_refuse_the_rest():
+    """drop_path_rate reaches every timm block (it once became Identity while run_config.json said 0.1); a field
+    timm's named architecture is not built from is refused by name, before any data is read."""
+    from modeling_vit_custom.training.arguments import ModelArguments
+    from modeling_vit_custom.training.models import build_model
+
+    args = ModelArguments(model="timm:vit_tiny_patch16_224",
+                          model_config_overrides="drop_path_rate=0.1,attention_probs_dropout_prob=0.2")  # fmt: skip
+    model, _ = build_model(args, ["a", "b"])
+    drop_paths = [getattr(block.drop_path1, "drop_prob", 0.0) for block in model.blocks]  # Identity at 0
+    assert drop_paths == pytest.approx([0.1 * i / 11 for i in range(12)])  # timm's linear rule up to the rate
+    assert model.blocks[0].attn.attn_drop.p == 0.2
+    with pytest.raises(ValueError, match="hidden_size, patch_size cannot apply to --model timm:<name>"):
+        ModelArguments(model="timm:vit_tiny_patch16_224", model_config_overrides="hidden_size=64,patch_size=4")
+
+
+def test_streaming_with_accumulation_steps_every_epoch_whole(image_folders, tmp_path):
+    """48 images, batch 4: 12 batches an epoch, accumulated 5 at a time, is 3 optimizer steps (5 + 5 + 2) an epoch,
+    streamed or not. The stream once carried each epoch's last 2 batches into the next epoch: 5 steps in 2 epochs,
+    evaluations at epochs 0.67 and 1.67."""
+    import datasets
+
+    files = []
+    for folder in image_folders:  # parquet: a stream whose length the footers record
+        files.append(tmp_path / f"{folder.name}.parquet")
+        datasets.load_dataset("imagefolder", data_dir=str(folder), split="train").to_parquet(str(files[-1]))
+    runs = {}
+    for name, extra in {"stream": ("--streaming",), "map": ()}.items():
+        out = tmp_path / name
+        run(train_command(tuple(files), out, *extra, "--gradient_accumulation_steps", "5", "--num_train_epochs", "2",
+                          "--checkpoints_total_limit", "4"))  # fmt: skip
+        runs[name] = out
+        assert [(e["step"], e["epoch"]) for e in events(out, "eval")] == [(3, 1.0), (6, 2.0)], name
+        assert events(out, "summary")[-1]["total_steps"] == 6
+        state = json.loads((out / "checkpoints" / "step_3" / TRAINING_STATE).read_text())
+        assert (state["epoch"], state["samples_in_epoch"]) == (1, 0)
+    assert [e["step"] for e in events(runs["stream"], "train")] == [e["step"] for e in events(runs["map"], "train")]

@@ -7,7 +7,7 @@ import torch
 
 from ..image_processing import PreprocessSettings
 from .decoding import ImageClassificationDataset, StreamingImageClassificationDataset, collate
-from .in_memory import build_in_memory_loaders, plan_in_memory
+from .in_memory import AugmentedImages, build_in_memory_loaders, plan_in_memory
 from .sampling import EpochSampler, SeededSamples
 from .transforms import EvalTransform, build_train_transform
 
@@ -90,7 +90,8 @@ def batches_per_epoch(train_loader, splits, data_args, args, num_processes: int)
         raise ValueError(
             "--streaming from a source that does not record its length: epochs cannot be counted, so expected "
             f"--max_train_steps and no --warmup_epochs, got max_train_steps={args.max_train_steps}, "
-            f"warmup_epochs={args.warmup_epochs}; or stream a saved dataset (--dataset_path), which knows its length"
+            f"warmup_epochs={args.warmup_epochs}; or stream parquet files (--train_file), whose footers record their length, or a dataset saved with "
+            "save_to_disk (--dataset_path)"
         )
     else:  # one pass of max_train_steps
         num_batches = args.max_train_steps * args.gradient_accumulation_steps
@@ -100,3 +101,11 @@ def batches_per_epoch(train_loader, splits, data_args, args, num_processes: int)
             f"samples for one batch on each of {num_processes} processes; lower the batch size"
         )
     return num_batches
+
+
+def data_path(train_loader, streaming: bool) -> str:
+    """How the training images reach the model, as the run records it: "stream", "memory" (decoded once, augmented
+    in batches) or "workers" (decoded and augmented per sample in DataLoader workers)."""
+    if streaming:
+        return "stream"
+    return "memory" if isinstance(train_loader.dataset, AugmentedImages) else "workers"

@@ -58,7 +58,9 @@ class ModelArguments:
             )
         if any(value <= 0 for value in self.image_std):
             raise ValueError(f"--image_std: expected positive values, got {self.image_std}")
-        if self.model == "vit_custom" and self.model_config_overrides and not self.model_name_or_path:
+        if self.model.startswith("timm:"):
+            timm_kwargs(parse_config_overrides(self.model_config_overrides))
+        elif self.model_config_overrides and not self.model_name_or_path:
             from ..configuration_vit_custom import ViTCustomConfig
 
             try:  # the model's own checks, before any data is read
@@ -275,6 +277,27 @@ def parse_config_overrides(overrides: str | None) -> dict:
             raise ValueError(f"--model_config_overrides: {key!r} is not a ViTCustomConfig field")
         result[key] = yaml.safe_load(value)
     return result
+
+
+# The config fields that `--model timm:<name>` applies, and the timm.create_model arguments each becomes (timm's
+# VisionTransformer drops at the positions, after attention's projection and the MLP, as ours at hidden_dropout_prob).
+TIMM_OVERRIDES = {
+    "drop_path_rate": ("drop_path_rate",),
+    "attention_probs_dropout_prob": ("attn_drop_rate",),
+    "hidden_dropout_prob": ("proj_drop_rate", "pos_drop_rate"),
+}
+
+
+def timm_kwargs(overrides: dict) -> dict:
+    """timm.create_model's arguments for `--model_config_overrides` under `--model timm:<name>`; a field timm's
+    model is not built from is refused by name (the architecture is the timm name's)."""
+    ignored = sorted(set(overrides) - set(TIMM_OVERRIDES))
+    if ignored:
+        raise ValueError(
+            f"--model_config_overrides: {', '.join(ignored)} cannot apply to --model timm:<name> (its architecture is "
+            f"the name's); expected only {', '.join(TIMM_OVERRIDES)}"
+        )
+    return {kwarg: value for field, value in overrides.items() for kwarg in TIMM_OVERRIDES[field]}
 
 
 def to_jsonable(*dataclass_objects) -> dict:

@@ -12,7 +12,7 @@ from transformers import get_scheduler
 from .. import ViTCustomConfig, ViTCustomForImageClassification
 from ..files import replacing
 from ..image_processing import PreprocessSettings
-from .arguments import ModelArguments, TrainingArguments, parse_config_overrides
+from .arguments import ModelArguments, TrainingArguments, parse_config_overrides, timm_kwargs
 from .muon import MuonWithAdamW, split_for_muon
 from .pretrained import load_pretrained
 
@@ -53,6 +53,7 @@ def build_model(
             pretrained=False,
             num_classes=len(class_names),
             pretrained_cfg_overlay={"label_names": list(class_names), "num_classes": len(class_names)},
+            **timm_kwargs(overrides),
         )
         return model, PreprocessSettings.from_timm(model)
     if args.model != "vit_custom":

@@ -90,8 +90,8 @@ def batches_per_epoch(train_loader, splits, data_args, args, num_processes: int)
         raise ValueError(
             "--streaming from a source that does not record its length: epochs cannot be counted, so expected "
             f"--max_train_steps and no --warmup_epochs, got max_train_steps={args.max_train_steps}, "
-            f"warmup_epochs={args.warmup_epochs}; or stream parquet files (--train_file), whose footers record their length, or a dataset saved with "
-            "save_to_disk (--dataset_path)"
+            f"warmup_epochs={args.warmup_epochs}; or stream parquet files (--train_file), whose footers record "
+            "their length, or a dataset saved with save_to_disk (--dataset_path)"
         )
     else:  # one pass of max_train_steps
         num_batches = args.max_train_steps * args.gradient_accumulation_steps

@@ -148,15 +148,26 @@ CONFIG_VARIANTS = {
     "mean_pooling": {"pooling": "mean"},
     "drop_path": {"drop_path_rate": 0.1},
     "no_qkv_bias": {"qkv_bias": False},
+    # timm's zoo features (DINOv2 with registers, SigLIP, CLIP, AIMv2, the *_gap models)
+    "registers_no_embed_class": {"num_register_tokens": 2, "prefix_position_embeddings": False},
+    "attention_pooling": {"class_token": False, "num_register_tokens": 1, "pooling": "map"},
+    "layer_scale": {"layer_scale_init_value": 0.1},
+    "rms_norm_qk_norm": {"norm_type": "rms_norm", "qk_norm": True},
+    "gated_mlp": {"mlp_type": "gated", "hidden_act": "silu", "proj_bias": False},
+    "clip_norms": {"pre_norm": True, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5},
+    "patch_norm_fc_norm": {"class_token": False, "pooling": "mean", "fc_norm": True, "patch_norm": True},
 }
 
 
 def assert_initialised(model: torch.nn.Module):
     """Every tensor finite; norms at 1 and 0, BatchNorm statistics at 0, 1 and 0 batches; weights not constant."""
     for name, module in model.named_modules():
-        if isinstance(module, (torch.nn.LayerNorm, torch.nn.BatchNorm2d)):
+        if isinstance(module, (torch.nn.LayerNorm, torch.nn.RMSNorm, torch.nn.BatchNorm2d)):
             assert torch.equal(module.weight, torch.ones_like(module.weight)), name
+        if isinstance(module, (torch.nn.LayerNorm, torch.nn.BatchNorm2d)):
             assert torch.equal(module.bias, torch.zeros_like(module.bias)), name
+        if isinstance(module, modeling.ViTCustomLayerScale):
+            assert torch.equal(module.gamma, torch.full_like(module.gamma, module.init_value)), name
         if isinstance(module, torch.nn.BatchNorm2d):
             assert torch.equal(module.running_mean, torch.zeros_like(module.running_mean)), name
             assert torch.equal(module.running_var, torch.ones_like(module.running_var)), name
@@ -349,3 +360,20 @@ def test_eager_sdpa_and_flex_attention_give_the_same_logits(tiny_config, seed, a
     for implementation in ("sdpa", "flex_attention"):
         for got, expected in zip(logits[implementation], logits["eager"], strict=True):
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=0, msg=lambda m, i=implementation: f"{i}: {m}")
+
+
+@pytest.mark.parametrize("variant", CONFIG_VARIANTS)
+def test_every_parameter_gets_a_finite_gradient_and_attention_implementations_agree(tiny_config, seed, variant):
+    model = ViTCustomForImageClassification(tiny_config(**CONFIG_VARIANTS[variant])).train()
+    pixel_values = images(2)
+    model(pixel_values, labels=torch.tensor([1, 2])).loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+        assert parameter.grad.abs().sum() > 0, name
+    model.eval()
+    logits = {}
+    for implementation in ("eager", "sdpa"):
+        model.set_attn_implementation(implementation)
+        with torch.no_grad():
+            logits[implementation] = model(pixel_values).logits
+    torch.testing.assert_close(logits["sdpa"], logits["eager"], atol=1e-5, rtol=0)

@@ -80,6 +80,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
     setup_logging(timestamps=True)
     set_seed(args.seed, device_specific=True)
     global_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    models.check_learning_rate_floor(args, models.scaled_learning_rate(args.learning_rate, global_batch_size),
+                                     global_batch_size)  # fmt: skip
     settings = run_log.run_settings(model_args, data_args, aug_args, args)
     start = None
     if args.resume_from_checkpoint:  # refused here, from the checkpoint's training state, if it cannot continue

@@ -192,7 +192,7 @@ def test_an_unlabelled_split_is_refused(image_folders, tmp_path, streaming):
 DEIT_B = {
     "learning rate per 512": "0.0005",
     "warm-up steps": "30",  # 5 epochs of 6 steps in this test's tiny data
-    "schedule": 'cosine_warmup_with_min_lr {"min_lr": 1.0e-5}',
+    "schedule": 'cosine_warmup_with_min_lr {"min_lr_rate": 0.01}',
     "weight decay": "0.05",
     "drop-path": "0.1",
     "EMA decay": "0.99996",
@@ -211,7 +211,14 @@ def test_dry_run_plan_of_the_deit_recipe_matches_deits_settings(image_folders, t
                "--train_dir", str(image_folders[0]), "--validation_dir", str(image_folders[1]),
                "--model_config_overrides", TINY + ",drop_path_rate=0.1", "--per_device_train_batch_size", "8",
                "--num_workers", "0", "--report_to", "none", "--output_dir", str(out), "--dry_run"]  # fmt: skip
-    result = run(command)
+    refused = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=300)
+    # DeiT's absolute floor is above this batch's peak (5e-4 x 8 / 512): the schedule would climb to it. Refused.
+    assert refused.returncode == 2 and "--lr_scheduler_kwargs min_lr 1e-05: expected a floor below the peak" in (
+        refused.stderr
+    )
+    assert "got a peak of 7.81e-06" in refused.stderr and not out.exists()
+    # The same floor as a fraction of the peak (1e-5 of DeiT's 1e-3 at batch 1024) scales with the batch.
+    result = run([*command, "--lr_scheduler_kwargs", '{"min_lr_rate": 0.01}'])
     rows = dict(
         line.strip("|").split("|", 1)
         for line in result.stdout.splitlines()
@@ -222,6 +229,6 @@ def test_dry_run_plan_of_the_deit_recipe_matches_deits_settings(image_folders, t
         assert plan[key] == value, key
     assert all(piece in plan["augmentation"] for piece in DEIT_B_AUGMENTATION)
     assert plan["eval crop"] == "16 px, crop_pct 0.875, bicubic"
-    assert plan["lr of the last step"] == "1e-05" and float(plan["lr of step 1"]) > 0
+    assert plan["lr of the last step"] == "7.813e-08" and float(plan["lr of step 1"]) > 0
     assert float(plan["measured seconds per optimizer step"]) > 0
     assert not out.exists()

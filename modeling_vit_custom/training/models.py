@@ -126,6 +126,20 @@ def scaled_learning_rate(lr_per_512: float, global_batch_size: int) -> float:
     return lr_per_512 * global_batch_size / 512
 
 
+def check_learning_rate_floor(args: TrainingArguments, lr: float, global_batch_size: int) -> None:
+    """Refuses an absolute floor (`min_lr` of --lr_scheduler_kwargs, DeiT's 1e-5) at or above the peak rate this
+    global batch gives: the schedule would climb from its "peak" to the floor instead of decaying to it. A floor that
+    scales with the rate is `min_lr_rate`, a fraction of the peak."""
+    min_lr = json.loads(args.lr_scheduler_kwargs).get("min_lr") if args.lr_scheduler_kwargs else None
+    if min_lr is not None and min_lr >= lr:
+        raise ValueError(
+            f"--lr_scheduler_kwargs min_lr {min_lr:g}: expected a floor below the peak learning rate, got a peak of "
+            f"{lr:.3g} (--learning_rate {args.learning_rate:g} per 512 x global batch {global_batch_size} / 512); use "
+            f"min_lr_rate (a fraction of the peak: {min_lr / scaled_learning_rate(args.learning_rate, 1024):g} is "
+            "this floor's at batch 1024) or a larger global batch"
+        )
+
+
 def create_optimizer(model: nn.Module, args: TrainingArguments, lr: float) -> torch.optim.Optimizer:
     """AdamW (or Muon with AdamW, `--optim muon`) at `lr`, each group's rate scaled by its `lr_scale` (layer decay);
     the schedule then scales them all alike (LambdaLR multiplies each group's initial rate)."""

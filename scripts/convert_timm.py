@@ -1,4 +1,4 @@
-"""Convert a timm ViT (by name, or a local checkpoint) or a transformers ViT folder into a vit-custom folder."""
+"""Convert a timm ViT (by name, or a local checkpoint) or a transformers ViT or DINOv2 folder to vit-custom."""
 
 import argparse
 import json
@@ -14,15 +14,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--timm_model", help="timm architecture, e.g. vit_base_patch16_224 or a tag name.")
-    source.add_argument("--hf_model", type=Path, help="Local transformers ViTForImageClassification folder.")
+    source.add_argument("--hf_model", type=Path, help="Local transformers ViT or DINOv2 (with registers) folder.")
     parser.add_argument("--checkpoint", type=Path, help="Weights file (.safetensors/.bin/.pth) for --timm_model.")
     parser.add_argument("--pretrained", action="store_true", help="Download timm's weights (needs the Hub).")
     parser.add_argument("--num_labels", type=int, help="Classes of the new model; another count leaves the head new.")
     parser.add_argument("--output_dir", type=Path, required=True, help="Folder to write (empty or new).")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing, non-empty output_dir.")
     args = parser.parse_args(argv)
-    if args.hf_model is not None and (args.checkpoint or args.pretrained or args.num_labels):
-        parser.error("--checkpoint, --pretrained and --num_labels go with --timm_model, not --hf_model")
+    if args.hf_model is not None and (args.checkpoint or args.pretrained):
+        parser.error("--checkpoint and --pretrained go with --timm_model, not --hf_model")
     if args.checkpoint is not None and args.pretrained:
         parser.error("expected --checkpoint or --pretrained, got both")
     return args
@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         if args.hf_model is not None:
-            record = convert_hf_vit(args.hf_model, args.output_dir, overwrite=args.overwrite)
+            record = convert_hf_vit(
+                args.hf_model, args.output_dir, overwrite=args.overwrite, num_labels=args.num_labels
+            )
         else:
             record = convert_timm(
                 args.timm_model,

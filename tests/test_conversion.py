@@ -323,3 +323,27 @@ def test_converted_transformers_vit_evaluates_exports_and_builds_its_hub_folder(
     script("push_to_hub.py", str(tmp_path / "converted"), "--output_dir", str(tmp_path / "hub"), "--model_name", "x")
     card = (tmp_path / "hub" / "README.md").read_text()
     assert "a `ViTImageProcessor`): resize to 32 x 32 (aspect ratio not kept)" in card
+
+
+@pytest.mark.parametrize("registers", [False, True], ids=["dinov2", "dinov2_with_registers"])
+def test_a_transformers_dinov2_folder_converts_with_the_same_outputs(tmp_path, seed, registers):
+    from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    tiny = {"image_size": 16, "patch_size": 4, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
+    if registers:  # the plain MLP; the gated one (DINOv2-giant) without registers
+        source = Dinov2WithRegistersModel(
+            Dinov2WithRegistersConfig(**tiny, layerscale_value=0.5, num_register_tokens=4)
+        )
+    else:
+        source = Dinov2Model(Dinov2Config(**tiny, layerscale_value=0.5, use_swiglu_ffn=True))
+    source.save_pretrained(tmp_path / "hf")
+    record = convert_hf_vit(tmp_path / "hf", tmp_path / "ours", num_labels=3)
+    assert record["max_abs_hidden_state_diff"] < 1e-5 and not record["head_converted"]
+    ours = ViTCustomForImageClassification.from_pretrained(tmp_path / "ours").eval()
+    assert ours.config.num_register_tokens == (4 if registers else 0)
+    assert ours.config.mlp_type == ("plain" if registers else "gated") and ours.config.num_labels == 3
+    pixels = _pixels(16)
+    with torch.no_grad():
+        theirs, mine = source.eval()(pixels), ours.vit(pixels)
+    assert (theirs.last_hidden_state - mine.last_hidden_state).abs().max().item() < 1e-5
+    assert (theirs.pooler_output - mine.pooler_output).abs().max().item() < 1e-5

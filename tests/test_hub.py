@@ -557,3 +557,50 @@ def test_recipe_names_every_setting_the_run_trained_with():
     assert card.source_type({"train_file": "/data/x/train.arrow"}) == "arrow"
     assert card.source_type({"dataset_path": "/data/saved/cifar10"}) == "arrow"
     assert card.source_type({"dataset_name": "zalando-datasets/fashion_mnist"}) == "zalando-datasets/fashion_mnist"
+
+
+WHEEL_BUILD = """
+import sys
+from pathlib import Path
+
+clean, model_dir, run_dir, folder = sys.argv[1:]
+sys.path.insert(0, clean)  # before the venv's site-packages, where the editable install points at the checkout
+import modeling_vit_custom
+from modeling_vit_custom.interop import hub
+
+assert Path(modeling_vit_custom.__file__).is_relative_to(clean), modeling_vit_custom.__file__
+hub.build_folder(model_dir, folder, run_dir=run_dir, repo_id="someone/from-a-wheel")
+"""
+
+
+@pytest.mark.slow
+def test_a_wheel_install_builds_the_hub_folder_and_its_card(run_dir, tmp_path):
+    """The built wheel, installed alone into a fresh folder, renders the card in a clean process that cannot see the
+    checkout: everything the package reads at run time ships inside it."""
+    source = tmp_path / "source"  # a copy, so that the build's own folders land outside the checkout
+    shutil.copytree(
+        REPO_ROOT / "modeling_vit_custom", source / "modeling_vit_custom", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copyfile(REPO_ROOT / name, source / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", "--quiet"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "wheels", source], check=True)
+    (wheel,) = (tmp_path / "wheels").glob("vit_custom-*.whl")
+    clean = tmp_path / "clean"
+    subprocess.run([*pip, "install", "--no-deps", "--target", clean, wheel], check=True)
+
+    folder = tmp_path / "repo"
+    arguments = [str(clean), str(run_dir / "final"), str(run_dir), str(folder)]
+    process = subprocess.run(
+        [sys.executable, "-I", "-c", WHEEL_BUILD, *arguments],
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert {p.name for p in folder.iterdir()} == EXPECTED_FILES
+    text = (folder / "README.md").read_text(encoding="utf-8")
+    assert_fully_rendered(text)
+    assert "# someone/from-a-wheel" in text and "load it with `trust_remote_code=True`" in text

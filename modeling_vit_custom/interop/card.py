@@ -16,8 +16,9 @@ from ..files import read_json, weight_files
 from ..inference.images import pipeline_limitation
 from ..training.run_log import RunRecord
 
-# The template lives at the top of the repository, where users edit it; pass `template_path` to use another.
-DEFAULT_TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_card.md"
+# The template ships inside the package (package data), so an installed wheel renders cards; pass `template_path`
+# (push_to_hub.py --template) to use your own.
+DEFAULT_TEMPLATE_PATH = Path(__file__).with_name("model_card.md")
 
 
 def count_parameters(folder: Path) -> int:

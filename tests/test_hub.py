@@ -319,6 +319,18 @@ def test_card_describes_a_convolutional_stem(tmp_path):
     ) in text
 
 
+def test_card_names_the_zoo_features_of_the_model(tmp_path):
+    save_model(
+        tmp_path / "zoo", seed=3, class_token=False, num_register_tokens=4, pooling="map",
+        layer_scale_init_value=1e-5, norm_type="rms_norm", mlp_type="gated", hidden_act="silu",
+    )  # fmt: skip
+    folder = hub.build_folder(tmp_path / "zoo", tmp_path / "repo", repo_id="someone/zoo")
+    text = (folder / "README.md").read_text()
+    assert "| Pooling | attention pooling of patch tokens |" in text
+    assert "| Features | no class token, 4 register tokens, LayerScale (from 1e-05), gated MLP |" in text
+    assert "| Norm | RMSNorm, eps 1e-06 |" in text
+
+
 def test_upload_sends_the_verified_folder_in_one_commit_without_leaking_the_token(
     fake_api, run_dir, tmp_path, monkeypatch, caplog, capfd
 ):

@@ -150,11 +150,40 @@ def _architecture(config: dict, parameters: int, num_labels: int) -> list[tuple]
         ("Attention heads", config["num_attention_heads"]),
         ("MLP size", config["intermediate_size"]),
         ("Activation", config.get("hidden_act", "gelu")),
-        ("Pooling", "class token" if config.get("pooling", "cls") == "cls" else "mean of patch tokens"),
+        ("Pooling", POOLING_NAMES[config.get("pooling", "cls")]),
+        ("Features", _features(config)),
         ("QKV bias", config.get("qkv_bias", True)),
-        ("LayerNorm eps", f"{config.get('layer_norm_eps', 1e-6):g}"),
+        (
+            "Norm",
+            f"{'RMSNorm' if config.get('norm_type') == 'rms_norm' else 'LayerNorm'}, eps "
+            f"{config.get('layer_norm_eps', 1e-6):g}",
+        ),
         ("Classes", num_labels),
     ]
+
+
+POOLING_NAMES = {"cls": "class token", "mean": "mean of patch tokens", "map": "attention pooling of patch tokens"}
+
+
+def _features(config: dict) -> str:
+    """The timm-zoo features a config turns on (registers, LayerScale, ...), or "plain ViT"."""
+    get = config.get
+    registers, scale = get("num_register_tokens", 0), get("layer_scale_init_value")
+    features = [
+        (not get("class_token", True), "no class token"),
+        (registers, f"{registers} register tokens"),
+        (not get("prefix_position_embeddings", True) and (registers or get("class_token", True)),
+         "patches alone position-embedded"),
+        (get("pre_norm", False), "norm before the encoder (CLIP)"),
+        (get("patch_norm", False), "norm after the patch embedding"),
+        (not get("final_norm", True), "no final norm"),
+        (get("fc_norm", False), "norm after pooling"),
+        (scale is not None, f"LayerScale (from {scale})"),
+        (get("qk_norm", False), "qk-norm"),
+        (get("mlp_type", "plain") == "gated", "gated MLP"),
+        (not get("proj_bias", True), "no projection biases"),
+    ]  # fmt: skip
+    return ", ".join(name for on, name in features if on) or "plain ViT"
 
 
 def _preprocessing(preprocess: dict) -> str:

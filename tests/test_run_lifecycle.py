@@ -414,3 +414,28 @@ def test_a_refusal_under_accelerate_launch_is_one_line_once(tmp_path, layout, me
     assert len(lines) == 1 and lines[0].startswith("train.py: error: " + message.format(train=train))
     assert result.stderr.rstrip().endswith(lines[0]) and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_write_failing_on_one_process_stops_every_process_at_once(image_folders, tmp_path):
+    """Two processes; only process 1's part of the step-4 checkpoint (its RNG state) cannot be written: an immutable
+    file stands where it goes. Both stop at once with process 1's reason, well within --ddp_timeout."""
+    out = tmp_path / "run"
+    args = ("--checkpointing_steps", "2", "--ddp_timeout", "1800")
+    run(train_command(image_folders, out, *args, "--max_train_steps", "2", processes=2))
+    staging = out / "checkpoints" / ".tmp_step_4"
+    staging.mkdir()
+    blocked = staging / "random_states_1.pkl"
+    blocked.write_bytes(b"")
+    if subprocess.run(["chattr", "+i", str(blocked)], capture_output=True).returncode != 0:
+        pytest.skip("this file system cannot make a file immutable (chattr +i)")
+    start = time.monotonic()
+    try:
+        result = fails(train_command(image_folders, out, *args, "--max_train_steps", "6",
+                                     "--resume_from_checkpoint", "latest", processes=2), timeout=240)  # fmt: skip
+    finally:
+        subprocess.run(["chattr", "-i", str(blocked)], check=True)
+    assert time.monotonic() - start < 240
+    assert f"Could not write the checkpoint of step 4 to {staging} (process 1: " in result.stderr
+    assert f"The previous checkpoint {out / 'checkpoints' / 'step_2'} is intact" in result.stderr
+    assert [p.name for p in list_checkpoints(out)] == ["step_2"]

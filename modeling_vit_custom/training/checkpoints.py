@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 
 from ..files import commit, staging_path
 
@@ -35,16 +36,13 @@ def save_checkpoint(accelerator, output_dir: str, step: int, state: dict, total_
         failure = error
     # Every rank learns whether all wrote their part (their RNG state, their shards) before the rename: one rank's
     # failure stops them all now, instead of leaving the others in the next collective until --ddp_timeout.
-    failed_ranks = accelerator.reduce(torch.tensor([failure is not None], device=accelerator.device).int(), "sum")
-    if failed_ranks.item():
+    failures = [
+        f"process {rank}: {error}" for rank, error in enumerate(gather_object([failure and str(failure)])) if error
+    ]
+    if failures:
         previous = list_checkpoints(output_dir)
-        reason = (
-            f"({failure})"
-            if failure is not None
-            else f"(another process's write failed, {failed_ranks.item()} in all)"
-        )
         raise CheckpointWriteError(
-            f"Could not write the checkpoint of step {step} to {staging} {reason}; stopping. "
+            f"Could not write the checkpoint of step {step} to {staging} ({'; '.join(failures)}); stopping. "
             + (f"The previous checkpoint {previous[-1]} is intact." if previous else "No earlier checkpoint exists.")
         ) from failure
     if accelerator.is_main_process:

@@ -320,3 +320,21 @@ def test_the_readmes_own_images_command_learns_on_a_50_image_folder(tmp_path):
     assert config["global_batch_size"] == 16 and config["effective_learning_rate"] == pytest.approx(1e-3)
     final = events(out, "eval")[-1]
     assert final["eval_samples"] == 10 and final["eval_top1"] > 0.6  # chance is 1/3
+
+
+def test_the_first_steps_rate_is_what_docs_training_says_for_each_schedule():
+    """The default cosine warms up from 0 (the first step trains at 0), DeiT's cosine_warmup_with_min_lr from
+    peak / warm-up steps; docs/training.md once said peak / warm-up steps for both."""
+    from modeling_vit_custom.training.arguments import TrainingArguments
+    from modeling_vit_custom.training.models import create_scheduler
+    from modeling_vit_custom.training.plan import lr_of_step
+
+    first = {}
+    for schedule, kwargs in {"cosine": None, "cosine_warmup_with_min_lr": '{"min_lr_rate": 0.01}'}.items():
+        args = TrainingArguments(lr_scheduler_type=schedule, lr_scheduler_kwargs=kwargs, num_warmup_steps=4)
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        first[schedule] = lr_of_step(create_scheduler(optimizer, args, 10, 100), 1)
+    assert first == {"cosine": 0.0, "cosine_warmup_with_min_lr": pytest.approx(1e-3 / 4)}
+    docs = " ".join((ROOT / "docs" / "training.md").read_text().split())
+    assert "`cosine_warmup_with_min_lr` starts at peak / warm-up steps, the default `cosine`" in docs
+    assert "at 0" in docs

@@ -87,6 +87,24 @@ def test_torch_export_and_a_conv_stem_export_at_any_size(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.pt2", "stem.onnx"]
 
 
+ZOO_FEATURES = {
+    "siglip": {"class_token": False, "pooling": "map", "hidden_act": "gelu_pytorch_tanh"},
+    "dinov2_registers": {"num_register_tokens": 4, "prefix_position_embeddings": False, "layer_scale_init_value": 0.1},
+    "aimv2": {"class_token": False, "pooling": "mean", "norm_type": "rms_norm", "mlp_type": "gated",
+              "hidden_act": "silu", "proj_bias": False, "patch_norm": True, "qk_norm": True},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torch_export"])
+@pytest.mark.parametrize("variant", ZOO_FEATURES)
+def test_models_with_zoo_features_export_and_verify_at_three_sizes(tmp_path, variant, fmt):
+    model_dir = save_model(tmp_path / variant, **ZOO_FEATURES[variant])
+    output = tmp_path / "out" / ("model.onnx" if fmt == "onnx" else "model.pt2")
+    report = export_model(model_dir, fmt, output)
+    assert [(c["height"], c["width"]) for c in report["checks"]] == [(32, 32), (48, 40), (24, 56)]
+    assert all(c["max_abs_diff"] <= TOLERANCE for c in report["checks"])
+
+
 def test_bad_requests_are_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"--output: expected a .pt2 file for --format torch_export, got x.onnx"):
         export_model(tmp_path, "torch_export", "x.onnx")

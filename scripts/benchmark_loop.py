@@ -6,9 +6,11 @@ import logging
 import sys
 from pathlib import Path
 
-from modeling_vit_custom.bench.loop import RECIPES, format_loop_efficiency, loop_efficiency
+from modeling_vit_custom.bench.recipes import RECIPES
 from modeling_vit_custom.cli import setup_logging
 from modeling_vit_custom.files import write_json
+
+CHECKOUT = Path(__file__).resolve().parents[1]  # the train script and recipes the benchmark runs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,9 +32,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
+    from modeling_vit_custom.bench.loop import format_loop_efficiency, loop_efficiency
+
     steps = {"quickstart": args.quickstart_steps, "vit_s16_generated": args.vit_s16_steps}
     try:
-        result = loop_efficiency(args.recipes, args.num_threads, steps)
+        result = loop_efficiency(args.recipes, args.num_threads, steps, CHECKOUT)
     except (OSError, ValueError, RuntimeError) as error:
         logging.getLogger("benchmark_loop").error("%s", error)
         return 1

@@ -1,6 +1,7 @@
 """How close the training loop runs to the model's own speed (`scripts/benchmark_loop.py`): a short real run of
 `scripts/train.py` against the model-only step (forward, backward and the loop's optimizer step on tensors already in
-memory), on the same machine with the same threads, and where the loop's time goes."""
+memory), on the same machine with the same threads, and where the loop's time goes. The run is a repository
+checkout's (`recipes.py`)."""
 
 import subprocess
 import sys
@@ -19,19 +20,9 @@ from ..training.models import build_model, classification_loss, create_optimizer
 from ..training.run_log import read_run
 from ..training.timing import STEP_PHASES
 from .harness import machine_info
+from .recipes import ACCELERATE_CONFIG, TRAIN_SCRIPT, check_checkout, recipe_argv
 
-ROOT = Path(__file__).resolve().parents[2]
-# ViT-S/16 (DeiT-S) with DeiT's recipe, on generated 224 px JPEGs decoded and augmented in DataLoader workers.
-VIT_S16 = (
-    "--config", str(ROOT / "configs/deit_base_patch16_224.yaml"),
-    "--model_config_overrides", "hidden_size=384,num_hidden_layers=12,num_attention_heads=6,intermediate_size=1536",
-    "--repeated_augmentation", "1", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32",
-)  # fmt: skip
 NUM_CLASSES = 10  # Fashion-MNIST's, and the generated folder's
-RECIPES = {
-    "quickstart": ("--config", str(ROOT / "configs/quickstart.yaml")),
-    "vit_s16_generated": VIT_S16,
-}
 
 
 def write_generated_images(root: Path, num_classes: int = NUM_CLASSES, per_class: int = 24, size: int = 256) -> Path:
@@ -45,13 +36,6 @@ def write_generated_images(root: Path, num_classes: int = NUM_CLASSES, per_class
                 pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
     return root
-
-
-def recipe_argv(name: str, data_root: Path | None) -> list[str]:
-    argv = list(RECIPES[name])
-    if name == "vit_s16_generated":
-        argv += ["--train_dir", str(data_root / "train"), "--validation_dir", str(data_root / "validation")]
-    return argv
 
 
 def model_only_images_per_s(argv: list[str], num_classes: int, steps: int, warmup: int = 3) -> tuple[float, int]:
@@ -92,12 +76,13 @@ def model_only_images_per_s(argv: list[str], num_classes: int, steps: int, warmu
     return steps * batch / seconds, batch
 
 
-def run_loop(argv: list[str], output_dir: Path, num_threads: int, max_train_steps: int) -> dict:
-    """A real `accelerate launch scripts/train.py` run of `max_train_steps` steps; returns its summary."""
+def run_loop(argv: list[str], checkout: Path, output_dir: Path, num_threads: int, max_train_steps: int) -> dict:
+    """A real `accelerate launch scripts/train.py` run (the checkout's) of `max_train_steps` steps; returns its
+    summary."""
     command = [
         str(Path(sys.executable).with_name("accelerate")), "launch",
-        "--config_file", str(ROOT / "configs/accelerate/cpu.yaml"), "--num_cpu_threads_per_process", str(num_threads),
-        str(ROOT / "scripts/train.py"), *argv, "--output_dir", str(output_dir), "--max_train_steps",
+        "--config_file", str(checkout / ACCELERATE_CONFIG), "--num_cpu_threads_per_process", str(num_threads),
+        str(checkout / TRAIN_SCRIPT), *argv, "--output_dir", str(output_dir), "--max_train_steps",
         str(max_train_steps), "--report_to", "none",
     ]  # fmt: skip
     start = time.perf_counter()
@@ -114,19 +99,21 @@ def run_loop(argv: list[str], output_dir: Path, num_threads: int, max_train_step
     }
 
 
-def loop_efficiency(recipes: list[str], num_threads: int, max_train_steps: dict[str, int]) -> dict:
+def loop_efficiency(recipes: list[str], num_threads: int, max_train_steps: dict[str, int], checkout: Path) -> dict:
     """For each recipe: the model-only step's images/s (a quarter of the run's steps timed before the run and as many
-    after, averaged), the loop's images/s over its training steps, their ratio, and the loop's seconds per phase."""
+    after, averaged), the loop's images/s over its training steps, their ratio, and the loop's seconds per phase;
+    `checkout` is the repository whose train script and recipes run."""
+    check_checkout(checkout, recipes)
     torch.set_num_threads(num_threads)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         data_root = write_generated_images(scratch / "generated") if "vit_s16_generated" in recipes else None
         for name in recipes:
-            argv = recipe_argv(name, data_root)
+            argv = recipe_argv(name, checkout, data_root)
             model_steps = max(3, max_train_steps[name] // 4)
             before, batch_size = model_only_images_per_s(argv, NUM_CLASSES, model_steps)
-            loop = run_loop(argv, scratch / name, num_threads, max_train_steps[name])
+            loop = run_loop(argv, checkout, scratch / name, num_threads, max_train_steps[name])
             after, _ = model_only_images_per_s(argv, NUM_CLASSES, model_steps)
             summary = loop["summary"]
             seconds = summary.phase_seconds

@@ -5,7 +5,6 @@ import logging
 import sys
 from pathlib import Path
 
-from modeling_vit_custom.bench.compare import compare, format_rows, plot_ratios
 from modeling_vit_custom.cli import setup_logging
 from modeling_vit_custom.files import write_json
 
@@ -33,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
+    from modeling_vit_custom.bench.compare import compare, format_rows, plot_ratios
+
     try:
         result = compare(
             args.timm_model,

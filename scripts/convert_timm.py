@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from modeling_vit_custom.cli import setup_logging
-from modeling_vit_custom.interop.timm_conversion import convert_hf_vit, convert_timm
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
+    from modeling_vit_custom.interop.timm_conversion import convert_hf_vit, convert_timm
+
     try:
         if args.hf_model is not None:
             record = convert_hf_vit(

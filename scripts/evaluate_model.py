@@ -8,11 +8,12 @@ loss, top-1 and top-5, or for a multi-label model and split (Sequence(ClassLabel
 
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from modeling_vit_custom.cli import setup_logging
+from modeling_vit_custom.cli import run_cli, setup_logging
 from modeling_vit_custom.data.arguments import DataArguments
 from modeling_vit_custom.files import write_json
 from modeling_vit_custom.training.arguments import ModelArguments, parse_args
@@ -81,4 +82,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli("evaluate_model.py", main))

@@ -8,7 +8,6 @@ import os
 import sys
 from pathlib import Path
 
-from modeling_vit_custom.bench.gpu_check import FULL, TINY, check_options, format_table, resolve_device, run_check
 from modeling_vit_custom.cli import setup_logging
 from modeling_vit_custom.files import write_json
 
@@ -37,6 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(timestamps=True)
+    from modeling_vit_custom.bench.gpu_check import FULL, TINY, check_options, format_table, resolve_device, run_check
+
     try:
         device = resolve_device(args.device, args.tiny)
         check_options(args.num_workers, args.peak_tflops)

@@ -1,14 +1,12 @@
 """Write a resized copy of a dataset (shorter side 320, JPEG quality 90) as parquet shards, for faster epochs."""
 
 import logging
+import sys
 from dataclasses import dataclass
 
-from transformers import HfArgumentParser
-
-from modeling_vit_custom.cli import setup_logging
+from modeling_vit_custom.cli import run_cli, setup_logging
 from modeling_vit_custom.data.arguments import DataArguments
-from modeling_vit_custom.data.prepare import write_prepared_copy
-from modeling_vit_custom.data.sources import load_datasets
+from modeling_vit_custom.training.arguments import FlagParser
 
 
 @dataclass
@@ -30,12 +28,23 @@ class PrepareArguments:
             raise ValueError(f"--quality: expected a JPEG quality in [1, 100], got {self.quality!r}")
 
 
-def main():
-    setup_logging()
-    parser = HfArgumentParser((DataArguments, PrepareArguments), description=__doc__)
-    data_args, prepare_args = parser.parse_args_into_dataclasses()
+def parse_args(argv: list[str] | None = None) -> tuple[DataArguments, PrepareArguments]:
+    parser = FlagParser((DataArguments, PrepareArguments), description=__doc__)
+    try:
+        data_args, prepare_args = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as error:  # a value the dataclasses refuse: one line, exit code 2
+        parser.error(str(error))
     if data_args.streaming:
-        raise ValueError("--streaming: expected off; the copy is written from a map-style dataset")
+        parser.error("--streaming: expected off; the copy is written from a map-style dataset")
+    return data_args, prepare_args
+
+
+def main(argv: list[str] | None = None) -> None:
+    data_args, prepare_args = parse_args(argv)
+    setup_logging()
+    from modeling_vit_custom.data.prepare import write_prepared_copy
+    from modeling_vit_custom.data.sources import load_datasets
+
     splits = load_datasets(data_args)
     written = write_prepared_copy(
         {
@@ -57,4 +66,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli("prepare_dataset.py", main))

@@ -6,8 +6,6 @@ import sys
 from pathlib import Path
 
 from modeling_vit_custom.cli import setup_logging
-from modeling_vit_custom.interop.card import DEFAULT_TEMPLATE_PATH
-from modeling_vit_custom.interop.hub import push_run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -26,7 +24,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--commit_message", help="Message of the upload commit.")
     parser.add_argument("--license", default="apache-2.0", help="License identifier for the card's metadata.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing, non-empty output_dir.")
-    parser.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE_PATH, help="Model card template.")
+    parser.add_argument(
+        "--template", type=Path, help="Model card template (default: the package's interop/model_card.md)."
+    )
     parser.add_argument("--model_name", help="The card's title (default: --hub_model_id); needed without it.")
     parser.add_argument(
         "--dataset_label", help="How the card names the data (default: the run's Hub id or train folder's parent)."
@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
+    from modeling_vit_custom.interop.card import DEFAULT_TEMPLATE_PATH
+    from modeling_vit_custom.interop.hub import push_run
+
     try:
         result = push_run(
             args.model_dir,
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             commit_message=args.commit_message,
             license=args.license,
             overwrite=args.overwrite,
-            template_path=args.template,
+            template_path=args.template or DEFAULT_TEMPLATE_PATH,
             model_name=args.model_name,
             dataset_label=args.dataset_label,
             attention_image=args.attention_image,

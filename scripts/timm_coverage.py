@@ -7,12 +7,8 @@ import platform
 import sys
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
 from modeling_vit_custom.cli import setup_logging
 from modeling_vit_custom.files import write_json, write_text
-from modeling_vit_custom.interop.timm_coverage import architectures, as_dicts, check_architecture, coverage_table
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,6 +23,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
+    import torch
+    from tqdm import tqdm
+
+    from modeling_vit_custom.interop.timm_coverage import architectures, as_dicts, check_architecture, coverage_table
+
     names = args.names or architectures()
     rows = [check_architecture(name, small=args.small) for name in tqdm(names, desc="architectures")]
     machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}"

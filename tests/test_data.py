@@ -606,5 +606,10 @@ def test_evaluation_scores_only_the_images_it_read_and_stops_above_the_limit(tmp
     assert "Skipped 2 of 26 images that could not be read; scored the 24 read" in result.stderr
     (tmp_path / "with_bad.json").unlink()
     refused = evaluate("with_bad")
-    assert refused.returncode != 0 and not (tmp_path / "with_bad.json").exists()
-    assert "2 of 26 images (7.69%) could not be decoded, more than max_bad_image_fraction=1.00%" in refused.stderr
+    assert refused.returncode == 1 and not (tmp_path / "with_bad.json").exists()
+    # One line, as argparse prints its own, and no traceback: the stop is a refusal, not a crash.
+    assert "Traceback" not in refused.stderr and refused.stderr.count("could not be decoded") == 1
+    assert (
+        "evaluate_model.py: error: 2 of 26 images (7.69%) could not be decoded, more than "
+        "max_bad_image_fraction=1.00%" in refused.stderr
+    )

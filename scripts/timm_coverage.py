@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     names = args.names or architectures()
     rows = [check_architecture(name, small=args.small) for name in tqdm(names, desc="architectures")]
     machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}"
-    write_text(args.output, coverage_table(rows, machine))
+    write_text(args.output, coverage_table(rows, machine, small=args.small))
     write_json(as_dicts(rows), args.json)
     converted = sum(row.status == "converted" for row in rows)
     logging.getLogger("timm_coverage").info("%d of %d converted; table in %s", converted, len(rows), args.output)

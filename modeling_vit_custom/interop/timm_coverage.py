@@ -11,7 +11,8 @@ from .timm_conversion import from_timm, max_abs_logit_diff, to_timm
 
 TOLERANCE = 1e-4  # max |logit difference| at fp32 for a conversion to count
 # A small network of each architecture (its features, not its size), for a test that converts every one quickly.
-SMALL = {"embed_dim": 96, "num_heads": 4, "num_classes": 10}
+SMALL = {"embed_dim": 96, "num_heads": 4}
+NUM_CLASSES = 10  # every architecture gets a head (timm's feature-extractor tags have none) to compare logits
 
 
 @dataclass
@@ -38,9 +39,10 @@ def patch_size_of(name: str) -> int:
 
 @torch.no_grad()
 def check_architecture(name: str, small: bool = False, seed: int = 0) -> Coverage:
-    """Builds `name` with random weights at depth 1 (`small`: also SMALL's width and a 2 x 2 patch grid), converts
+    """Builds `name` with random weights at depth 1 with a head of NUM_CLASSES (`small`: also SMALL's width and a
+    2 x 2 patch grid), converts
     it to vit-custom and the result back to timm, and compares the logits on one random image each way."""
-    overrides = {"depth": 1}
+    overrides = {"depth": 1, "num_classes": NUM_CLASSES}
     if small:
         overrides |= SMALL | {"img_size": 2 * patch_size_of(name)}
     torch.manual_seed(seed)
@@ -57,15 +59,18 @@ def check_architecture(name: str, small: bool = False, seed: int = 0) -> Coverag
     return Coverage(name, status, "", forward, backward)
 
 
-def coverage_table(rows: list[Coverage], machine: str = "") -> str:
+def coverage_table(rows: list[Coverage], machine: str = "", small: bool = False) -> str:
     """Markdown: the counts, then one line per architecture."""
     counts = {status: sum(row.status == status for row in rows) for status in ("converted", "wrong logits", "refused")}
     lines = [
         "# timm ViT coverage",
         "",
         f"Every architecture of timm {timm.__version__}'s `vision_transformer.py` (its `default_cfgs`), built with "
-        "random weights at depth 1, converted to vit-custom and back (`scripts/timm_coverage.py`; "
-        f"`tests/test_timm_coverage.py` converts each at a small width). A conversion counts when the logits agree "
+        f"random weights at depth 1 and a {NUM_CLASSES}-class head"
+        + (f" ({SMALL['embed_dim']} wide, {SMALL['num_heads']} heads, a 2 x 2 patch grid)" if small else "")
+        + ", converted to vit-custom and back (`scripts/timm_coverage.py`"
+        + (" --small, as `tests/test_timm_coverage.py`" if small else "")
+        + "). A conversion counts when the logits agree "
         f"within {TOLERANCE:g} (fp32) both ways.{f' Machine: {machine}.' if machine else ''}",
         "",
         f"**{counts['converted']} of {len(rows)} converted ({100 * counts['converted'] / len(rows):.1f}%)**, "

@@ -42,3 +42,22 @@ def test_architecture_converts_both_ways_or_is_refused_by_name(name):
     else:
         assert result.status == "converted", result
         assert result.timm_to_ours <= TOLERANCE and result.ours_to_timm <= TOLERANCE
+
+
+@pytest.mark.parametrize("name", ["test_vit2", "test_vit4"])  # registers, no class token, LayerScale, RMSNorm
+def test_a_timm_run_of_a_zoo_architecture_converts_with_its_class_names(name, tmp_path):
+    """`--model timm:NAME` builds the architecture for the run's classes; its saved folder converts both ways."""
+    import torch
+
+    from modeling_vit_custom.interop.timm_conversion import from_timm, max_abs_logit_diff, to_timm
+    from modeling_vit_custom.training.arguments import ModelArguments
+    from modeling_vit_custom.training.models import build_model
+
+    model, settings = build_model(ModelArguments(model=f"timm:{name}"), ["cat", "dog", "owl"])
+    ours = from_timm(model.eval())
+    assert ours.config.id2label == {0: "cat", 1: "dog", 2: "owl"}
+    assert not ours.config.class_token and ours.config.num_register_tokens == 1
+    size = settings.image_size
+    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    assert max_abs_logit_diff(ours, model, pixels) <= TOLERANCE
+    assert max_abs_logit_diff(to_timm(ours), ours, pixels) <= TOLERANCE

@@ -53,6 +53,10 @@ class ViTCustomConfig(PretrainedConfig):
             Whether the attention's output projection and the MLP's layers have biases (AIMv2: false).
         qk_norm (`bool`, *optional*, defaults to `False`):
             Normalise each head's queries and keys (`norm_type`, over head_dim) before attention.
+        scale_attn_norm (`bool`, *optional*, defaults to `False`):
+            A norm on the attention's output before its projection (BEiT-3's sub-LayerNorm).
+        scale_mlp_norm (`bool`, *optional*, defaults to `False`):
+            A norm on the MLP's hidden layer before fc2 (BEiT-3's sub-LayerNorm).
         layer_scale_init_value (`float`, *optional*):
             LayerScale (CaiT, DeiT III, DINOv2): each residual branch is scaled per channel by a learned vector
             initialised to this value. Unset: no scaling.
@@ -126,6 +130,8 @@ class ViTCustomConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         proj_bias: bool = True,
         qk_norm: bool = False,
+        scale_attn_norm: bool = False,
+        scale_mlp_norm: bool = False,
         layer_scale_init_value: float | None = None,
         mlp_type: str = "plain",
         norm_type: str = "layer_norm",
@@ -164,6 +170,8 @@ class ViTCustomConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.proj_bias = proj_bias
         self.qk_norm = qk_norm
+        self.scale_attn_norm = scale_attn_norm
+        self.scale_mlp_norm = scale_mlp_norm
         self.layer_scale_init_value = layer_scale_init_value
         self.mlp_type = mlp_type
         self.norm_type = norm_type
@@ -242,6 +250,8 @@ class ViTCustomConfig(PretrainedConfig):
             "qkv_bias",
             "proj_bias",
             "qk_norm",
+            "scale_attn_norm",
+            "scale_mlp_norm",
             "class_token",
             "prefix_position_embeddings",
             "pre_norm",

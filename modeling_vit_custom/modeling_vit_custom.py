@@ -173,6 +173,7 @@ class ViTCustomAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
         self.q_norm = build_norm(config, self.head_dim) if config.qk_norm else nn.Identity()
         self.k_norm = build_norm(config, self.head_dim) if config.qk_norm else nn.Identity()
+        self.norm = build_norm(config) if config.scale_attn_norm else nn.Identity()
         self.proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.proj_bias)
         self.proj_drop = nn.Dropout(config.hidden_dropout_prob)
         self.config = config
@@ -209,7 +210,7 @@ class ViTCustomAttention(nn.Module):
         out, attn_weights = attention_interface(
             self, q, k, v, None, scaling=self.scaling, dropout=self.attention_dropout if self.training else 0.0
         )
-        out = self.proj_drop(self.proj(out.reshape(B, Nq, D)))  # (B, Nq, heads, head_dim) -> (B, Nq, D)
+        out = self.proj_drop(self.proj(self.norm(out.reshape(B, Nq, D))))  # (B, Nq, heads, head_dim) -> (B, Nq, D)
         return out, (attn_weights if output_attentions else None)
 
 
@@ -220,11 +221,12 @@ class ViTCustomMLP(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.proj_bias)
         self.act = ACT2FN[config.hidden_act]
+        self.norm = build_norm(config, config.intermediate_size) if config.scale_mlp_norm else nn.Identity()
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.proj_bias)
         self.drop = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        return self.drop(self.fc2(self.norm(self.drop(self.act(self.fc1(x))))))
 
 
 class ViTCustomGatedMLP(nn.Module):
@@ -235,12 +237,13 @@ class ViTCustomGatedMLP(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.proj_bias)
         self.act = ACT2FN[config.hidden_act]
+        self.norm = build_norm(config, config.intermediate_size) if config.scale_mlp_norm else nn.Identity()
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.proj_bias)
         self.drop = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, value = self.fc1(x).chunk(2, dim=-1)  # each (B, N, intermediate_size)
-        return self.drop(self.fc2(self.drop(self.act(gate) * value)))
+        return self.drop(self.fc2(self.norm(self.drop(self.act(gate) * value))))
 
 
 MLPS = {"plain": ViTCustomMLP, "gated": ViTCustomGatedMLP}

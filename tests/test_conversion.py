@@ -14,7 +14,7 @@ from launch import CLASSES, environment, write_split
 from PIL import Image
 from safetensors.torch import save_file
 from timm.layers import GluMlp, SwiGLU, SwiGLUPacked
-from timm.models.vision_transformer import ParallelScalingBlock, VisionTransformer
+from timm.models.vision_transformer import ParallelScalingBlock, ResPostBlock, VisionTransformer
 from torch import nn
 from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification, ViTImageProcessor
 
@@ -134,6 +134,7 @@ def test_state_dict_config_needs_num_heads_and_reads_shapes(seed):
         ({"mlp_layer": SwiGLUPacked, "act_layer": nn.SiLU, "mlp_ratio": 8 / 3}, {"intermediate_size": 85}),
         ({"act_layer": "quick_gelu", "final_norm": False}, {"hidden_act": "quick_gelu", "final_norm": False}),
         ({"act_layer": "gelu_tanh"}, {"hidden_act": "gelu_pytorch_tanh"}),
+        ({"scale_attn_norm": True, "scale_mlp_norm": True}, {"scale_attn_norm": True, "scale_mlp_norm": True}),
     ],
 )
 def test_timm_features_convert_both_ways(kwargs, fields, seed):
@@ -152,7 +153,7 @@ def test_timm_features_convert_both_ways(kwargs, fields, seed):
 @pytest.mark.parametrize(
     "kwargs, feature",
     [
-        ({"scale_attn_norm": True}, "scale_attn_norm"),
+        ({"block_fn": ResPostBlock}, "ResPostBlock blocks"),
         ({"block_fn": ParallelScalingBlock}, "ParallelScalingBlock blocks"),
         ({"class_token": False, "reg_tokens": 1, "global_pool": "map", "pool_include_prefix": True}, "include_prefix"),
         ({"pos_embed": "none"}, "no position embedding"),
@@ -165,9 +166,9 @@ def test_remaining_timm_features_are_refused_by_name(kwargs, feature, seed):
         from_timm(model)
 
 
-def test_a_state_dict_with_a_scale_norm_is_refused_by_name(seed):
-    state_dict = VisionTransformer(**TINY_TIMM, scale_mlp_norm=True).state_dict()
-    with pytest.raises(ValueError, match=r"a norm inside the MLP \(scale_mlp_norm=True\): \['blocks.0.mlp.norm.bias'"):
+def test_a_state_dict_of_parallel_blocks_is_refused_by_name(seed):
+    state_dict = VisionTransformer(**TINY_TIMM, block_fn=ParallelScalingBlock).state_dict()
+    with pytest.raises(ValueError, match=r"parallel blocks: \['blocks.0.in_norm.bias'"):
         from_timm(state_dict, num_heads=4)
 
 

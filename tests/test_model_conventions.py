@@ -152,6 +152,7 @@ CONFIG_VARIANTS = {
     "registers_no_embed_class": {"num_register_tokens": 2, "prefix_position_embeddings": False},
     "attention_pooling": {"class_token": False, "num_register_tokens": 1, "pooling": "map"},
     "layer_scale": {"layer_scale_init_value": 0.1},
+    "scale_norms": {"scale_attn_norm": True, "scale_mlp_norm": True},
     "rms_norm_qk_norm": {"norm_type": "rms_norm", "qk_norm": True},
     "gated_mlp": {"mlp_type": "gated", "hidden_act": "silu", "proj_bias": False},
     "clip_norms": {"pre_norm": True, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5},

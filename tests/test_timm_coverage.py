@@ -16,12 +16,6 @@ REFUSED = {
     "DiffParallelScalingBlock blocks": {"vit_dpwee_patch16_reg1_gap_256"},
     "DiffAttention": {"vit_dlittle_patch16_reg1_gap_256", "vit_dwee_patch16_reg1_gap_256"},
     "ResPostBlock blocks": {"vit_base_patch16_rpn_224"},
-    "scale_attn_norm": {
-        "beit3_base_patch16_224",
-        "beit3_large_patch16_224",
-        "beit3_giant_patch14_224",
-        "beit3_giant_patch14_336",
-    },
     "pool_include_prefix=True": {"test_vit3"},
 }
 REFUSAL = {name: feature for feature, names in REFUSED.items() for name in names}

@@ -25,8 +25,6 @@ logger = logging.getLogger(__name__)
 CONVERSION_FILE = "conversion.json"
 # Keys of timm ViT features vit-custom does not have, and the feature's name for the error message.
 UNSUPPORTED_TIMM_KEYS = {
-    r"\.attn\.norm\.": "a norm inside attention (scale_attn_norm=True)",
-    r"\.mlp\.norm\.": "a norm inside the MLP (scale_mlp_norm=True)",
     r"\.attn\.gate\.": "a gated attention output",
     r"^blocks\.\d+\.(attns|mlps|in_proj|in_norm|out_proj)": "parallel blocks",
     r"\.attn\.lambda_|\.attn\.sub_norm\.": "differential attention",
@@ -148,12 +146,9 @@ def _read_timm_model(model: nn.Module) -> dict:
         if type(mlp) not in (Mlp, SwiGLU, GluMlp) or (type(mlp) is GluMlp and mlp.gate_last):
             problems.append(f"MLP {type(mlp).__name__} (plain, SwiGLU, or GluMlp with the gate first)")
             break
-        for name in ("attn.norm", "mlp.norm"):
-            if not isinstance(block.get_submodule(name), nn.Identity):
-                problems.append(f"a norm at {name} (scale_attn_norm / scale_mlp_norm)")
         if getattr(block.attn, "gate", None) is not None:
             problems.append("a gated attention output")
-        norms += [block.norm1, block.norm2, block.attn.q_norm, block.attn.k_norm]
+        norms += [block.norm1, block.norm2, block.attn.q_norm, block.attn.k_norm, block.attn.norm, mlp.norm]
         acts.append(mlp.act)
     if pool is not None:
         norms.append(pool.norm)
@@ -252,6 +247,8 @@ def config_from_timm(
         "qkv_bias": "blocks.0.attn.qkv.bias" in state_dict,
         "proj_bias": "blocks.0.attn.proj.bias" in state_dict,
         "qk_norm": "blocks.0.attn.q_norm.weight" in state_dict,
+        "scale_attn_norm": "blocks.0.attn.norm.weight" in state_dict,
+        "scale_mlp_norm": "blocks.0.mlp.norm.weight" in state_dict,
         "layer_scale_init_value": DEFAULT_LAYER_SCALE if has_layer_scale else None,
         "mlp_type": "gated" if gated else "plain",
         "norm_type": "layer_norm" if "blocks.0.norm1.bias" in state_dict else "rms_norm",
@@ -415,10 +412,11 @@ def timm_kwargs(config: ViTCustomConfig) -> dict:
             f"hidden_act: expected one of {list(TIMM_ACTIVATIONS)} to build a timm model, got {config.hidden_act!r}"
         )
     gated = config.mlp_type == "gated"
-    if config.pooling == "map" and (gated or not config.proj_bias):
+    if config.pooling == "map" and (gated or not config.proj_bias or config.scale_mlp_norm):
         raise ValueError(
-            "pooling: timm's attention pooling has a plain MLP with biases, so 'map' converts with mlp_type 'plain' "
-            f"and proj_bias true, got mlp_type {config.mlp_type!r}, proj_bias {config.proj_bias}"
+            "pooling: timm's attention pooling has a plain MLP with biases and no norm, so 'map' converts with "
+            f"mlp_type 'plain', proj_bias true and scale_mlp_norm false, got {config.mlp_type!r}, "
+            f"{config.proj_bias}, {config.scale_mlp_norm}"
         )
     # timm's MLP width is int(hidden_size * mlp_ratio): half a unit above the width survives the rounding down.
     mlp_ratio = ((2 if gated else 1) * config.intermediate_size + 0.5) / config.hidden_size
@@ -436,6 +434,8 @@ def timm_kwargs(config: ViTCustomConfig) -> dict:
         "qkv_bias": config.qkv_bias,
         "proj_bias": config.proj_bias,
         "qk_norm": config.qk_norm,
+        "scale_attn_norm": config.scale_attn_norm,
+        "scale_mlp_norm": config.scale_mlp_norm,
         "init_values": config.layer_scale_init_value,
         "class_token": config.class_token,
         "reg_tokens": config.num_register_tokens,

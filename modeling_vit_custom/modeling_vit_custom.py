@@ -29,14 +29,14 @@ def resample_position_embeddings(
     """Position embeddings (1, P + old_h * old_w, D) -> (1, P + new_h * new_w, D): the P prefix tokens' rows (class
     token, registers) kept, the patch rows resampled as an image, bicubic in float32 (timm's
     `resample_abs_pos_embed`; timm antialiases by default, which also changes the bicubic kernel when upsampling)."""
-    cls_pos = position_embeddings[:, :num_prefix_tokens]
+    prefix_pos = position_embeddings[:, :num_prefix_tokens]
     patch_pos = position_embeddings[:, num_prefix_tokens:]
     dim = patch_pos.shape[-1]
     grid = patch_pos.reshape(1, *old_grid, dim).permute(0, 3, 1, 2)
     # By target size (not scale factor) so the result has exactly the new grid and the op traces.
     grid = F.interpolate(grid.float(), size=new_grid, mode="bicubic", align_corners=False, antialias=antialias)
     patch_pos = grid.to(patch_pos.dtype).permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim)
-    return torch.cat([cls_pos, patch_pos], dim=1)
+    return torch.cat([prefix_pos, patch_pos], dim=1)
 
 
 class ViTCustomEmbeddings(nn.Module):

@@ -48,7 +48,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
     from modeling_vit_custom.training.plan import dry_run_plan
     from modeling_vit_custom.training.pretrained import fit_checkpoint
     from modeling_vit_custom.training.timing import PhaseTimer
-    from modeling_vit_custom.training.tracking import BestModel, FiniteLossGuard
+    from modeling_vit_custom.training.tracking import BestModel, FiniteLossGuard, StepLog
 
     # -- Refusals: everything that can be refused is, before any data is read or a process group is formed.
     logger = get_logger(__name__)
@@ -178,8 +178,6 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
             accelerator.end_training()
             return
         accelerator.load_state(str(start.checkpoint))
-        # accelerate counts micro-batches to know when to synchronise: count this run's, not the checkpoint's.
-        accelerator.step = start.skip_batches
         global_step, start_epoch, skip_batches = start.step, start.epoch, start.skip_batches
         if accelerator.is_main_process:
             aside = resume.set_aside_later_timeline(output_dir, start, best.metric)
@@ -233,7 +231,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
     metrics = run_log.MetricsLog(output_dir / run_log.METRICS_FILE, accelerator.is_main_process)
     evaluator = Evaluator(eval_loader, eval_normalize, accelerator, num_classes, not streaming, multi_label)
     guard = FiniteLossGuard(accelerator, output_dir / "checkpoints")
-    device_peak = peak_flops(accelerator.device)
+    step_log = StepLog(accelerator, metrics, epoch_steps, flops_per_image, peak_flops(accelerator.device))
     logger.info(
         f"{num_parameters:,} parameters, {flops_per_image / 1e9:.3g} GFLOPs/image; {max_train_steps} optimizer steps "
         f"over {num_epochs} epochs of {epoch_steps}; global batch {global_batch_size}, lr {lr:.3g} "
@@ -279,8 +277,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
                     unit="step")  # fmt: skip
     timer = PhaseTimer(accelerator.device, args.synchronize_timing)
     counts = {"images": 0, "bad": 0, "seen": 0}  # this run's images, and this epoch's unreadable ones of those read
-    log_start, log_images, step_losses, start_time = time.perf_counter(), 0, [], time.perf_counter()
-    evaluated_step, saved_step, result = None, None, None
+    start_time, evaluated_step, saved_step, last_eval = time.perf_counter(), None, None, None
     compiling = args.torch_compile  # the first training step and the first evaluation compile: timed apart
     model.train()
     with logging_redirect_tqdm():  # log lines print above the progress bar, not into it
@@ -294,7 +291,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
             if streaming:  # every process reads the same number of batches from its shards
                 loader = itertools.islice(loader, num_batches - skip_batches)
             batches_done, skip_batches, micro_losses = skip_batches, 0, []
-            # Each epoch starts a new accumulation count (a prepared loader's end resets it; a stream's cut does not).
+            # accelerate counts micro-batches to know when to synchronise: each epoch starts a new count at this
+            # run's position (a prepared loader's end resets it; a stream's cut does not).
             accelerator.step = batches_done
             for batch in timer.iterate(loader):
                 if streaming and batches_done == num_batches - 1:  # the epoch's last batch ends its accumulation
@@ -322,7 +320,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
                 counts["bad"] += int(batch["replaced"])
                 counts["seen"] += len(pixel_values)
                 counts["images"] += len(pixel_values) * accelerator.num_processes
-                log_images += len(pixel_values) * accelerator.num_processes
+                step_log.add_images(len(pixel_values) * accelerator.num_processes)
                 if not accelerator.sync_gradients:
                     continue
 
@@ -333,9 +331,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
                     if ema is not None:
                         ema.update(accelerator.unwrap_model(model), step=global_step)
                 global_step += 1
-                step_losses.append(torch.stack(micro_losses).mean())
-                guard.add(step_losses[-1])
-                micro_losses = []
+                step_loss, micro_losses = torch.stack(micro_losses).mean(), []
+                step_log.add_loss(step_loss)
+                guard.add(step_loss)
                 progress.update(1)
                 at_log = global_step % args.logging_steps == 0 or global_step == max_train_steps
                 at_eval = bool(args.eval_steps) and global_step % args.eval_steps == 0
@@ -343,21 +341,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
                 if at_log:
                     with timer("logging"):
                         guard.check(global_step)
-                        loss_value = accelerator.reduce(torch.stack(step_losses).mean(), "mean").item()
-                        images_per_second = log_images / (time.perf_counter() - log_start)
-                        values = {"loss": loss_value, "lr": scheduler.get_last_lr()[0],
-                                  "images_per_second": images_per_second}  # fmt: skip
-                        if device_peak:
-                            values["mfu"] = 3 * flops_per_image * images_per_second / (
-                                device_peak * accelerator.num_processes)  # fmt: skip
-                        metrics.write(run_log.TRAIN_EVENT, step=global_step, epoch=global_step / epoch_steps, **values)
-                        accelerator.log(values, step=global_step)
-                        progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{values['lr']:.2e}",
-                                             img_s=f"{images_per_second:.0f}")  # fmt: skip
-                        step_losses, log_start, log_images = [], time.perf_counter(), 0
+                        logged = step_log.write(global_step, scheduler.get_last_lr()[0])
+                        progress.set_postfix(loss=f"{logged['loss']:.4f}", lr=f"{logged['lr']:.2e}",
+                                             img_s=f"{logged['images_per_second']:.0f}")  # fmt: skip
                 if at_eval:
                     with timer("compile" if evaluated_step is None and args.torch_compile else "evaluation"):
-                        result, evaluated_step = evaluate(global_step), global_step
+                        last_eval, evaluated_step = evaluate(global_step), global_step
                 if at_checkpoint:
                     with timer("checkpoint"):
                         save_checkpoint(global_step, epoch, batches_done)
@@ -381,7 +370,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
             guard.check(global_step)
             if evaluated_step != global_step:  # the step's evaluation is also the epoch's
                 with timer("compile" if evaluated_step is None and args.torch_compile else "evaluation"):
-                    result, evaluated_step = evaluate(global_step), global_step
+                    last_eval, evaluated_step = evaluate(global_step), global_step
             # An epoch cut short by max_train_steps is checkpointed where it stopped: extending continues there.
             epoch_done = batches_done >= num_batches
             if saved_step != global_step:  # the step's checkpoint is also the epoch's (same weights, same RNG)
@@ -391,8 +380,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
             if global_step >= max_train_steps:
                 break
     progress.close()
-    if result is None:  # resumed at the end of a run whose final/ was not saved: only the saving is left
-        result = evaluate(global_step)
+    if last_eval is None:  # resumed at the end of a run whose final/ was not saved: only the saving is left
+        last_eval = evaluate(global_step)
 
     # -- The end: the final model (and its EMA), the summary, the curves.
     in_sync = ranks_in_sync(model, accelerator)
@@ -405,7 +394,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
     runtime = time.perf_counter() - start_time
     metrics.write_summary(
         run_log.RunSummary.at_end(
-            best, result, multi_label, train_runtime_s=runtime, train_images=counts["images"],
+            best, last_eval, multi_label, train_runtime_s=runtime, train_images=counts["images"],
             phase_seconds=timer.seconds, total_steps=global_step, ranks_in_sync=in_sync,
         )
     )  # fmt: skip
@@ -413,7 +402,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
     if accelerator.is_main_process:
         run_log.plot_metrics(output_dir / run_log.METRICS_FILE, output_dir / run_log.CURVES_FILE)
         logger.info(
-            f"Done in {runtime / 60:.1f} min: final {best.metric} {100 * result[best.metric]:.2f}%, "
+            f"Done in {runtime / 60:.1f} min: final {best.metric} {100 * last_eval[best.metric]:.2f}%, "
             f"best {100 * best.score:.2f}%; model in {output_dir / 'final'}"
         )
         if args.push_to_hub:

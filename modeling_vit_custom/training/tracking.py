@@ -1,9 +1,12 @@
-"""What the training loop carries from step to step besides the weights: the best evaluation so far, and the losses
-not yet checked for being finite."""
+"""What the training loop carries from step to step besides the weights: the best evaluation so far, the losses not
+yet checked for being finite, and the log since the last log line."""
 
+import time
 from pathlib import Path
 
 import torch
+
+from .run_log import TRAIN_EVENT
 
 
 class BestModel:
@@ -42,3 +45,32 @@ class FiniteLossGuard:
                 f"Non-finite loss at step {step - len(finite) + 1 + int(bad[0])}; stopping. The last checkpoint in "
                 f"{self.checkpoints} is intact: lower --learning_rate or raise --num_warmup_steps"
             )
+
+
+class StepLog:
+    """The training log between two log lines: images counted per micro-batch, losses per optimizer step; `write`
+    records one `train` event (the loss averaged over the steps and the processes, the rate, images per second and,
+    where the device's peak is known, the model FLOPs utilisation) and starts the next interval."""
+
+    def __init__(self, accelerator, metrics, epoch_steps: int, flops_per_image: float, device_peak: float | None):
+        self.accelerator, self.metrics, self.epoch_steps = accelerator, metrics, epoch_steps
+        self.flops_per_image, self.device_peak = flops_per_image, device_peak
+        self.losses, self.images, self.start = [], 0, time.perf_counter()
+
+    def add_images(self, count: int) -> None:
+        self.images += count
+
+    def add_loss(self, loss: torch.Tensor) -> None:
+        self.losses.append(loss)
+
+    def write(self, step: int, lr: float) -> dict:
+        images_per_second = self.images / (time.perf_counter() - self.start)
+        loss = self.accelerator.reduce(torch.stack(self.losses).mean(), "mean").item()
+        values = {"loss": loss, "lr": lr, "images_per_second": images_per_second}
+        if self.device_peak:
+            peak = self.device_peak * self.accelerator.num_processes
+            values["mfu"] = 3 * self.flops_per_image * images_per_second / peak
+        self.metrics.write(TRAIN_EVENT, step=step, epoch=step / self.epoch_steps, **values)
+        self.accelerator.log(values, step=step)
+        self.losses, self.images, self.start = [], 0, time.perf_counter()
+        return values

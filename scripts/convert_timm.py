@@ -30,7 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
-    from modeling_vit_custom.interop.timm_conversion import convert_hf_vit, convert_timm
+    from modeling_vit_custom.interop.timm_conversion import convert_timm
+    from modeling_vit_custom.interop.transformers_conversion import convert_hf_vit
 
     try:
         if args.hf_model is not None:

@@ -23,15 +23,14 @@ from modeling_vit_custom.image_processing import PreprocessSettings
 from modeling_vit_custom.interop.timm_conversion import (
     build_timm_model,
     config_from_timm,
-    convert_hf_vit,
     convert_timm,
-    from_hf_vit,
     from_timm,
     max_abs_logit_diff,
     ours_to_timm_state_dict,
     timm_to_ours_state_dict,
     to_timm,
 )
+from modeling_vit_custom.interop.transformers_conversion import convert_hf_vit, from_hf_vit
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TIMM = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4, "num_classes": 10}

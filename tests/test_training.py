@@ -301,6 +301,7 @@ def test_streaming_with_accumulation_steps_every_epoch_whole(image_folders, tmp_
     assert [e["step"] for e in events(runs["stream"], "train")] == [e["step"] for e in events(runs["map"], "train")]
 
 
+@pytest.mark.slow
 def test_the_readmes_own_images_command_learns_on_a_50_image_folder(tmp_path):
     """README, "Train on your own images": the recipe on a flat 50-image, 3-class folder (no validation folder: a
     fifth held out) learns, at its batch of 16 and the rate per 512 that gives 1e-3 there."""

@@ -128,6 +128,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
         model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     if accelerator.is_fsdp2:
         sharding.check_sharded(model)  # never silently unsharded
+    # Counted before any forward pass, after which FSDP2 keeps the root module's parameters gathered: under FSDP each
+    # holds its shards, about num_parameters / num_processes; otherwise all of them.
+    parameters_per_process = accelerator.gather(
+        torch.tensor([sharding.local_parameter_count(model)], device=accelerator.device)
+    ).tolist()
     num_batches = loaders.batches_per_epoch(train_loader, splits, data_args, args, accelerator.num_processes)
     epoch_steps = models.steps_per_epoch(num_batches, args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or math.ceil(args.num_train_epochs * epoch_steps)
@@ -216,10 +221,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
         "device": torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda" else "CPU",
         "num_parameters": num_parameters,
         "distributed_type": accelerator.distributed_type.value,
-        # Under FSDP each holds its shards, about num_parameters / num_processes; otherwise all of them.
-        "parameters_per_process": accelerator.gather(
-            torch.tensor([sharding.local_parameter_count(model)], device=accelerator.device)
-        ).tolist(),
+        "parameters_per_process": parameters_per_process,
     }
     if accelerator.is_main_process:
         if args.overwrite_output_dir:

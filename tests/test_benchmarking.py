@@ -194,7 +194,7 @@ def test_loop_benchmark_times_the_real_quickstart_loop_against_its_model_step(tm
     assert done.returncode == 0, done.stderr[-3000:]
     (row,) = json.loads((tmp_path / "loop.json").read_text())["rows"]
     assert row["in_memory"] and row["batch_size"] == 64 and row["train_images"] == 40 * 64
-    assert 0.3 < row["ratio"] < 1.3 and row["ratio"] == row["loop_images_per_s"] / row["model_only_images_per_s"]
+    assert 0.1 < row["ratio"] < 2 and row["ratio"] == row["loop_images_per_s"] / row["model_only_images_per_s"]
     assert row["phase_seconds"]["evaluation"] > 0 and row["phase_seconds"]["forward_backward"] > 0
     line = next(line for line in done.stdout.splitlines() if line.startswith("| quickstart | 64 | in memory | 2560 |"))
     shares = [float(cell.strip().rstrip("%")) for cell in line.split("|")[8:13]]

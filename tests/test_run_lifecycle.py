@@ -262,6 +262,11 @@ def test_resume_at_another_global_batch_or_with_another_optimizer_is_refused_say
     refusal = "--optim muon: the checkpoint was trained with adamw, whose state this optimizer cannot continue"
     assert refusal in result.stderr and "resume with --optim adamw" in result.stderr
     result = fails(train_command(image_folders, out, *resume, "--layer_decay", "0.75"))
+    assert "the checkpoint was trained with other settings (--layer_decay None -> 0.75)" in result.stderr
+    # A checkpoint that did not record its settings is still refused by its optimizer's groups.
+    state_file = out / "checkpoints" / "step_2" / TRAINING_STATE
+    state_file.write_text(json.dumps({k: v for k, v in json.loads(state_file.read_text()).items() if k != "settings"}))
+    result = fails(train_command(image_folders, out, *resume, "--layer_decay", "0.75"))
     refusal = "the checkpoint's optimizer has param groups of [10, 22] tensors, this run's of [1, 3, 4, 8, 4, 8, 1, 3]"
     assert refusal in result.stderr and "(another --layer_decay, other trainable weights)" in result.stderr
     assert len(events(out, "summary")) == 1

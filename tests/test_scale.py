@@ -9,7 +9,7 @@ from pathlib import Path
 
 import datasets
 import pytest
-from launch import ACCELERATE, ROOT, TINY, environment, events, lr_by_step, run, train_command
+from launch import ACCELERATE, ROOT, TINY, environment, events, lr_by_step, run, train_command, write_split
 from safetensors.torch import load_file
 
 from modeling_vit_custom.data.sampling import EpochSampler
@@ -156,9 +156,13 @@ def test_a_stream_of_known_length_trains_in_epochs_and_counts_every_sample(saved
     assert events(out, "summary")[0]["total_steps"] == 12
 
 
-def test_a_stream_of_unknown_length_refuses_epoch_settings(image_folders, tmp_path):
-    """Image folders streamed: nothing records how many images they hold (parquet files do, in their footers)."""
-    command = train_command(image_folders, tmp_path / "run", "--streaming", "--max_train_steps", "4",
+def test_a_stream_of_unknown_length_refuses_epoch_settings(tmp_path):
+    """Image folders streamed before anything has read them (a folder read once records its length in the datasets
+    cache; parquet files record theirs in their footers): nothing says how many images they hold."""
+    folders = (tmp_path / "train", tmp_path / "validation")
+    write_split(folders[0], [8, 8, 8], seed=0)
+    write_split(folders[1], [4, 4, 4], seed=1)
+    command = train_command(folders, tmp_path / "run", "--streaming", "--max_train_steps", "4",
                             "--warmup_epochs", "1")  # fmt: skip
     result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=300)
     assert result.returncode != 0

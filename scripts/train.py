@@ -40,7 +40,6 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
     from modeling_vit_custom.bench.harness import forward_flops_per_image, peak_flops
     from modeling_vit_custom.cli import setup_logging
     from modeling_vit_custom.data import loaders, sources, transforms
-    from modeling_vit_custom.data.decoding import check_bad_images
     from modeling_vit_custom.data.in_memory import check_in_memory_flags
     from modeling_vit_custom.training import checkpoints, models, resume, run_log, sharding
     from modeling_vit_custom.training.arguments import check_environment, parse_config_overrides
@@ -48,7 +47,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
     from modeling_vit_custom.training.plan import dry_run_plan
     from modeling_vit_custom.training.pretrained import fit_checkpoint
     from modeling_vit_custom.training.timing import PhaseTimer
-    from modeling_vit_custom.training.tracking import BestModel, FiniteLossGuard, StepLog
+    from modeling_vit_custom.training.tracking import BestModel, FiniteLossGuard, ImageCounts, StepLog
 
     # -- Refusals: everything that can be refused is, before any data is read or a process group is formed.
     logger = get_logger(__name__)
@@ -182,29 +181,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
             )
             accelerator.end_training()
             return
-        accelerator.load_state(str(start.checkpoint))
+        best = resume.restore(accelerator, start, output_dir, best.metric, streaming, max_train_steps)
         global_step, start_epoch, skip_batches = start.step, start.epoch, start.skip_batches
-        if accelerator.is_main_process:
-            aside = resume.set_aside_later_timeline(output_dir, start, best.metric)
-            if aside is not None:
-                logger.info(f"Moved the later timeline's checkpoints and models to {aside}")
-            run_log.truncate_metrics(output_dir / run_log.METRICS_FILE, global_step)
-        accelerator.wait_for_everyone()
-        if (output_dir / "best").is_dir():  # else best/ is chosen again from this run's evaluations
-            best = BestModel(best.metric, start.best_score, start.best_step)
-        logger.info(
-            f"Resumed from {start.checkpoint} at step {global_step} (epoch {start_epoch}, batch {skip_batches})",
-            main_process_only=True,
-        )
-        if streaming and skip_batches:
-            logger.info(
-                f"The stream is read again from the start of epoch {start_epoch} and its first {skip_batches} "
-                "batches skipped: its order is fixed by (seed, epoch) and --num_workers, so the run continues with "
-                "the same samples if --num_workers is unchanged",
-                main_process_only=True,
-            )
-        if start.describe_length(max_train_steps):
-            logger.info(start.describe_length(max_train_steps), main_process_only=True)
 
     # -- The run's record: written once the run is accepted, so that it says what this run trains.
     num_parameters = sum(p.numel() for p in model.parameters())
@@ -278,7 +256,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
     progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
                     unit="step")  # fmt: skip
     timer = PhaseTimer(accelerator.device, args.synchronize_timing)
-    counts = {"images": 0, "bad": 0, "seen": 0}  # this run's images, and this epoch's unreadable ones of those read
+    counts = ImageCounts(accelerator, data_args.max_bad_image_fraction)
     start_time, evaluated_step, saved_step, last_eval = time.perf_counter(), None, None, None
     compiling = args.torch_compile  # the first training step and the first evaluation compile: timed apart
     model.train()
@@ -319,9 +297,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
                         optimizer.zero_grad(set_to_none=True)
                 micro_losses.append(loss.detach())
                 batches_done += 1
-                counts["bad"] += int(batch["replaced"])
-                counts["seen"] += len(pixel_values)
-                counts["images"] += len(pixel_values) * accelerator.num_processes
+                counts.add(len(pixel_values), int(batch["replaced"]))
                 step_log.add_images(len(pixel_values) * accelerator.num_processes)
                 if not accelerator.sync_gradients:
                     continue
@@ -357,12 +333,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
                     break
 
             # The epoch's end (or the run's): unreadable images, an evaluation, a checkpoint.
-            bad, seen = (int(accelerator.reduce(torch.tensor(counts[k], device=accelerator.device), "sum"))
-                         for k in ("bad", "seen"))  # fmt: skip
-            if bad:
-                logger.warning(f"Epoch {epoch}: replaced {bad} unreadable images of {seen}")
-            check_bad_images(bad, seen, data_args.max_bad_image_fraction)
-            counts["bad"] = counts["seen"] = 0
+            counts.end_epoch(epoch)
             if streaming and batches_done < num_batches and global_step < max_train_steps:
                 raise ValueError(
                     f"Process {accelerator.process_index}'s shards of the stream ended after {batches_done} of the "
@@ -396,7 +367,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
     runtime = time.perf_counter() - start_time
     metrics.write_summary(
         run_log.RunSummary.at_end(
-            best, last_eval, multi_label, train_runtime_s=runtime, train_images=counts["images"],
+            best, last_eval, multi_label, train_runtime_s=runtime, train_images=counts.images,
             phase_seconds=timer.seconds, total_steps=global_step, ranks_in_sync=in_sync,
         )
     )  # fmt: skip

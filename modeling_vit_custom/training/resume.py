@@ -2,13 +2,17 @@
 checkpoint's training_state.json before any data is read or weights are loaded."""
 
 import json
+import logging
 import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoints import TRAINING_STATE, list_checkpoints
-from .run_log import EVAL_EVENT, METRICS_FILE, read_metrics
+from .run_log import EVAL_EVENT, METRICS_FILE, read_metrics, truncate_metrics
+from .tracking import BestModel
+
+logger = logging.getLogger(__name__)
 
 # Flags a resumed run may set differently from the run it continues: its length, where and how often it reports and
 # saves, how the work is spread over processes and workers (the global batch is checked on its own), how fast the
@@ -194,6 +198,35 @@ def resume_batches(state: dict, per_device_batch_size: int, num_processes: int, 
 def is_complete(point: ResumePoint, max_train_steps: int, output_dir: Path) -> bool:
     """Whether the checkpoint is the end of a run of `max_train_steps` whose final/ is saved: nothing to train."""
     return point.step >= max_train_steps and (output_dir / "final").is_dir()
+
+
+def restore(
+    accelerator, point: ResumePoint, output_dir: Path, best_metric: str, streaming: bool, max_train_steps: int
+) -> BestModel:
+    """Continues the run at `point`, once it is accepted: loads the checkpoint's weights, optimizer, schedule and
+    random states; on the main process, sets a later timeline aside and cuts the metrics log back to the checkpoint's
+    step. Returns the best model so far: the checkpoint's while best/ holds it, else none (chosen again from this
+    run's evaluations)."""
+    accelerator.load_state(str(point.checkpoint))
+    if accelerator.is_main_process:
+        aside = set_aside_later_timeline(output_dir, point, best_metric)
+        if aside is not None:
+            logger.info(f"Moved the later timeline's checkpoints and models to {aside}")
+        truncate_metrics(output_dir / METRICS_FILE, point.step)
+        logger.info(f"Resumed from {point.checkpoint} at step {point.step} (epoch {point.epoch}, batch "
+                    f"{point.skip_batches})")  # fmt: skip
+        if streaming and point.skip_batches:
+            logger.info(
+                f"The stream is read again from the start of epoch {point.epoch} and its first {point.skip_batches} "
+                "batches skipped: its order is fixed by (seed, epoch) and --num_workers, so the run continues with "
+                "the same samples if --num_workers is unchanged"
+            )
+        if point.describe_length(max_train_steps):
+            logger.info(point.describe_length(max_train_steps))
+    accelerator.wait_for_everyone()
+    if (output_dir / "best").is_dir():
+        return BestModel(best_metric, point.best_score, point.best_step)
+    return BestModel(best_metric)
 
 
 def set_aside_later_timeline(output_dir: Path, point: ResumePoint, best_metric: str) -> Path | None:

@@ -1,12 +1,16 @@
 """What the training loop carries from step to step besides the weights: the best evaluation so far, the losses not
-yet checked for being finite, and the log since the last log line."""
+yet checked for being finite, the log since the last log line, and the images counted."""
 
+import logging
 import time
 from pathlib import Path
 
 import torch
 
+from ..data.decoding import check_bad_images
 from .run_log import TRAIN_EVENT
+
+logger = logging.getLogger(__name__)
 
 
 class BestModel:
@@ -74,3 +78,26 @@ class StepLog:
         self.accelerator.log(values, step=step)
         self.losses, self.images, self.start = [], 0, time.perf_counter()
         return values
+
+
+class ImageCounts:
+    """The images this run trained on, over every process, and this epoch's unreadable ones (replaced by the loaders)
+    among those this process read; `end_epoch` sums the epoch's over the processes, warns, and stops the run above
+    --max_bad_image_fraction. A collective: every rank calls `end_epoch` at the same epochs."""
+
+    def __init__(self, accelerator, max_bad_fraction: float):
+        self.accelerator, self.max_bad_fraction = accelerator, max_bad_fraction
+        self.images, self.bad, self.seen = 0, 0, 0
+
+    def add(self, batch_size: int, replaced: int) -> None:
+        self.images += batch_size * self.accelerator.num_processes
+        self.bad, self.seen = self.bad + replaced, self.seen + batch_size
+
+    def end_epoch(self, epoch: int) -> None:
+        device = self.accelerator.device
+        bad, seen = (int(self.accelerator.reduce(torch.tensor(count, device=device), "sum"))
+                     for count in (self.bad, self.seen))  # fmt: skip
+        if bad:
+            logger.warning(f"Epoch {epoch}: replaced {bad} unreadable images of {seen}")
+        check_bad_images(bad, seen, self.max_bad_fraction)
+        self.bad = self.seen = 0

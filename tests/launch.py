@@ -15,7 +15,11 @@ from safetensors.torch import load_file, save_file
 from modeling_vit_custom.training.run_log import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+# The `accelerate` command, as the README runs it. Its CLI imports every subcommand before parsing (in accelerate 1.16,
+# `estimate` pulls in timm, torchvision's models and torch._dynamo), which costs each launch seconds; the tests launch
+# with the same launcher run as a module, and the tests of the README's own commands with the command itself.
+ACCELERATE = [str(Path(sys.executable).with_name("accelerate")), "launch"]
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch"]
 TINY = "image_size=16,patch_size=4,hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64"
 CLASSES = ["red", "green", "blue"]
 
@@ -55,25 +59,29 @@ def write_multi_label_split(path: Path, count: int, seed: int):
 
 
 def train_command(
-    data: tuple[Path, Path] | Path, output_dir: Path, *extra: str, processes: int = 1, fsdp: bool = False
+    data: tuple[Path, Path] | Path,
+    output_dir: Path,
+    *extra: str,
+    processes: int = 1,
+    fsdp: bool = False,
+    launcher: list[str] = LAUNCH,
 ) -> list[str]:
     """The training command on (train, validation) image folders or parquet files, or on a dataset saved with
-    `save_to_disk`."""
+    `save_to_disk`; `launcher`: ACCELERATE for the `accelerate launch` command itself."""
     if isinstance(data, Path):
         source = ("--dataset_path", str(data))
     else:
         kind = "file" if data[0].suffix == ".parquet" else "dir"
         source = (f"--train_{kind}", str(data[0]), f"--validation_{kind}", str(data[1]))
     if fsdp:  # the shipped FSDP2 config on CPU processes, in fp32
-        launch = [ACCELERATE, "launch", "-q", "--config_file", str(ROOT / "configs/accelerate/fsdp.yaml"),
+        launch = [*launcher, "-q", "--config_file", str(ROOT / "configs/accelerate/fsdp.yaml"),
                   "--num_processes", str(processes), "--mixed_precision", "no", "--main_process_port",
                   "0"]  # fmt: skip
     elif processes == 1:
-        launch = [ACCELERATE, "launch", "-q", "--config_file", str(ROOT / "configs/accelerate/cpu.yaml")]
+        launch = [*launcher, "-q", "--config_file", str(ROOT / "configs/accelerate/cpu.yaml")]
     else:
         launch = [
-            ACCELERATE,
-            "launch",
+            *launcher,
             "-q",
             "--multi_gpu",
             "--num_processes",

@@ -43,6 +43,7 @@ def onnx_file(tmp_path_factory) -> tuple[Path, Path, dict]:
     return model_dir, root / "out" / "model.onnx", report
 
 
+@pytest.mark.xdist_group("onnx_file")
 def test_onnx_matches_the_eager_model_at_any_batch_and_size(onnx_file):
     model_dir, path, report = onnx_file
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx"]  # nothing staged is left
@@ -57,6 +58,7 @@ def test_onnx_matches_the_eager_model_at_any_batch_and_size(onnx_file):
         assert np.abs(run(pixel_values) - expected).max() <= TOLERANCE, (batch, height, width)
 
 
+@pytest.mark.xdist_group("onnx_file")
 def test_verification_refuses_a_file_of_other_weights(onnx_file, tmp_path):
     _, path, _ = onnx_file
     other = ViTCustomForImageClassification.from_pretrained(save_model(tmp_path / "other", seed=1)).eval()

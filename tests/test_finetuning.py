@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from launch import ACCELERATE, ROOT, TINY, environment, events, run
+from launch import LAUNCH, ROOT, TINY, environment, events, run
 from safetensors.torch import load_file
 from timm.layers import resample_abs_pos_embed
 from timm.optim import param_groups_layer_decay
@@ -37,7 +37,7 @@ def checkpoint(tmp_path_factory) -> Path:
 def finetune_command(data: tuple[Path, Path], checkpoint: Path, output_dir: Path, overrides: str) -> list[str]:
     """configs/finetune.yaml as shipped, with only the data, the sizes and the run's length made small."""
     return [
-        ACCELERATE, "launch", "--config_file", str(ROOT / "configs/accelerate/cpu.yaml"),
+        *LAUNCH, "--config_file", str(ROOT / "configs/accelerate/cpu.yaml"),
         str(ROOT / "scripts/train.py"),
         "--config", str(ROOT / "configs/finetune.yaml"),
         "--model_name_or_path", str(checkpoint),

@@ -49,6 +49,7 @@ def fsdp_run(image_folders, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.xdist_group("fsdp_run")
 def test_fsdp_shards_the_model_and_saves_gathered_folders(fsdp_run, tmp_path):
     config = json.loads((fsdp_run / "run_config.json").read_text())
     assert config["distributed_type"] == "FSDP"
@@ -75,6 +76,7 @@ def test_fsdp_shards_the_model_and_saves_gathered_folders(fsdp_run, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("fsdp_run")
 def test_fsdp_matches_ddp_and_resumes_where_it_stopped(fsdp_run, image_folders, tmp_path):
     """The same seed under DDP: the same losses (fp32), weights and EMA within summation-order rounding. A copy of
     the run as stopped at step 3 (its sharded checkpoint, nothing else) resumed: the same steps, the same weights."""

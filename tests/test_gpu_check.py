@@ -39,6 +39,7 @@ def positive(value) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value > 0
 
 
+@pytest.mark.xdist_group("gpu_check")
 def test_table_has_every_row_with_finite_positive_numbers(tiny_check):
     rows, result = tiny_check
     assert [row[0] for row in rows] == ["train step img/s"] * 4 + ["bf16 vs fp32 loss"] + ["DataLoader img/s"] * 2
@@ -61,6 +62,7 @@ def test_table_has_every_row_with_finite_positive_numbers(tiny_check):
         assert positive(float(row[2])) and row[-1].endswith("% of ours' fastest train step")
 
 
+@pytest.mark.xdist_group("gpu_check")
 def test_json_schema_and_training_numbers(tiny_check):
     _, result = tiny_check
     assert set(result) == {"machine", "settings", "peak_flops", "peak_flops_source", "training", "precision", "data"}
@@ -88,6 +90,7 @@ def test_json_schema_and_training_numbers(tiny_check):
         assert positive(result[part]["seconds"])
 
 
+@pytest.mark.xdist_group("gpu_check")
 def test_bf16_against_fp32_is_computed_from_the_two_curves(tiny_check):
     _, result = tiny_check
     precision = result["precision"]
@@ -112,6 +115,7 @@ def test_bf16_against_fp32_is_computed_from_the_two_curves(tiny_check):
     assert precision["passed"] is True
 
 
+@pytest.mark.xdist_group("gpu_check")
 def test_dataloader_rows(tiny_check):
     _, result = tiny_check
     data = result["data"]

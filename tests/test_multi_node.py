@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from launch import ACCELERATE, ROOT, environment, events, final_weights, run, train_command
+from launch import LAUNCH, ROOT, environment, events, final_weights, run, train_command
 
 ARGS = ("--num_train_epochs", "2")
 # The shipped two-machine config with what differs here: the address, 2 processes in all, and fp32 (the config's bf16
@@ -31,7 +31,7 @@ def machine_command(
     command = train_command(image_folders, output_dir, *ARGS, processes=2)
     script = command.index(str(ROOT / "scripts/train.py"))
     setup = ["--multi_gpu", "--num_machines", "2"] if launch_with == "flags" else list(CONFIG_OVERRIDES)
-    launch = [ACCELERATE, "launch", *setup, "--num_processes", "2", "--machine_rank", str(rank),
+    launch = [*LAUNCH, *setup, "--num_processes", "2", "--machine_rank", str(rank),
               "--main_process_ip", "127.0.0.1", "--main_process_port", str(port)]  # fmt: skip
     return launch + command[script:]
 
@@ -46,6 +46,7 @@ def one_machine(image_folders, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launch_with", ["flags", "config"])
+@pytest.mark.xdist_group("one_machine")
 def test_two_machines_train_what_one_machine_trains(one_machine, image_folders, tmp_path, launch_with):
     """Same world size, same ranks, same gloo all-reduce: weights and logged losses bit-identical to one machine's.
     Both machine ranks share one output_dir (a shared file system, which checkpoints need: every rank writes its RNG

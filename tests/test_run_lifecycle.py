@@ -14,6 +14,7 @@ import psutil
 import pytest
 import torch
 from launch import (
+    ACCELERATE,
     ROOT,
     TINY,
     environment,
@@ -41,33 +42,51 @@ def training_state(output_dir: Path, step: int) -> dict:
     return json.loads((output_dir / "checkpoints" / f"step_{step}" / TRAINING_STATE).read_text())
 
 
-def test_finished_run_resumes_as_complete_and_extends_from_where_it_stopped(image_folders, tmp_path):
-    """6 steps an epoch; stopped by --max_train_steps 4 in the middle of epoch 0, then extended to 9 steps."""
-    base = ("--per_device_train_batch_size", "8")
-    out = tmp_path / "run"
-    run(train_command(image_folders, out, *base, "--max_train_steps", "4"))
+# A finished run of 4 steps at batch 8, 6 steps an epoch (so stopped in the middle of epoch 0), with checkpoints at
+# steps 2 and 4. Trained once per module; each test that continues it, refuses it or writes over it takes a copy.
+BASE = ("--per_device_train_batch_size", "8", "--checkpointing_steps", "2")
+FINISHED = (*BASE, "--max_train_steps", "4")
+
+
+@pytest.fixture(scope="module")
+def finished(image_folders, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("finished") / "run"
+    run(train_command(image_folders, out, *FINISHED))
+    return out
+
+
+def copy_of(run_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run_dir, tmp_path / "run"))
+
+
+@pytest.mark.xdist_group("finished")
+def test_finished_run_resumes_as_complete_and_extends_from_where_it_stopped(finished, image_folders, tmp_path):
+    """Resumed with its own settings the run is complete and nothing in it changes; extended to 9 steps, it continues
+    from the middle of epoch 0, on a 9-step run's schedule, and its record says so."""
+    out = copy_of(finished, tmp_path)
     # The epoch was cut short after 4 of its 6 batches: the checkpoint says so.
     assert training_state(out, 4) | {"epoch": 0, "samples_in_epoch": 32} == training_state(out, 4)
-    final_mtime = (out / "final" / "model.safetensors").stat().st_mtime_ns
+    record = {
+        name: (out / name).read_bytes() for name in ("run_config.json", "metrics.jsonl", "final/model.safetensors")
+    }
 
-    same = run(
-        train_command(image_folders, out, *base, "--max_train_steps", "4", "--resume_from_checkpoint", "latest")
-    )
+    same = run(train_command(image_folders, out, *FINISHED, "--resume_from_checkpoint", "latest"))
     assert "is complete: step_4 is step 4 of 4 and final/ is saved" in same.stderr
-    assert (out / "final" / "model.safetensors").stat().st_mtime_ns == final_mtime
-    assert len(events(out, "summary")) == 1
+    assert {name: (out / name).read_bytes() for name in record} == record
 
-    extended = run(
-        train_command(image_folders, out, *base, "--max_train_steps", "9", "--resume_from_checkpoint", "latest")
-    )
+    extended = run(train_command(image_folders, out, *BASE, "--max_train_steps", "9", "--resume_from_checkpoint",
+                                 "latest"))  # fmt: skip
     assert "Extending the run from 4 to 9 optimizer steps" in extended.stderr
     assert events(out, "summary")[-1]["total_steps"] == 9
     assert [e["step"] for e in events(out, "train")] == list(range(1, 10))
     # Steps 5 and 6 finished epoch 0; steps 7-9 are the first 3 batches of epoch 1.
     assert training_state(out, 9) | {"epoch": 1, "samples_in_epoch": 24} == training_state(out, 9)
+    # Extending is a length, not a recipe: the record says the new length with the same rate.
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["max_train_steps"] == 9 and config["learning_rate"] == 0.1
     # The schedule after the extension is a 9-step run's.
     reference = tmp_path / "reference"
-    run(train_command(image_folders, reference, *base, "--max_train_steps", "9"))
+    run(train_command(image_folders, reference, *BASE, "--max_train_steps", "9"))
     assert [lr_by_step(out)[step] for step in range(5, 10)] == [lr_by_step(reference)[step] for step in range(5, 10)]
 
 
@@ -83,29 +102,28 @@ def test_a_non_finite_step_never_reaches_disk(image_folders, tmp_path):
     assert not (out / "best").exists() and not (out / "final").exists()
 
 
-def test_an_output_dir_holding_a_run_is_refused_unless_resumed_or_overwritten(image_folders, tmp_path):
-    out = tmp_path / "run"
-    args = ("--per_device_train_batch_size", "8", "--max_train_steps", "2")
-    run(train_command(image_folders, out, *args))
+@pytest.mark.xdist_group("finished")
+def test_an_output_dir_holding_a_run_is_refused_unless_resumed_or_overwritten(finished, image_folders, tmp_path):
+    out = copy_of(finished, tmp_path)
     metrics = (out / "metrics.jsonl").read_text()
-    result = fails(train_command(image_folders, out, *args))
+    result = fails(train_command(image_folders, out, *FINISHED))
     # One line under `accelerate launch -q`, once: what the folder holds and how to train again.
     top1 = events(out, "summary")[0]["final_eval_top1"]
     (line,) = [line for line in result.stderr.splitlines() if "error" in line.lower()]
     assert line.startswith(
-        f"train.py: error: --output_dir {out}: holds a finished run (top-1 {100 * top1:.2f}% after 2"
+        f"train.py: error: --output_dir {out}: holds a finished run (top-1 {100 * top1:.2f}% after 4"
     )
     assert "to train again pass --overwrite_output_dir" in line and "Traceback" not in result.stderr
     assert (out / "metrics.jsonl").read_text() == metrics
     # An interrupted run (no final/) is named as such.
     shutil.rmtree(out / "final")
-    result = fails(train_command(image_folders, out, *args))
+    result = fails(train_command(image_folders, out, *FINISHED))
     assert f"--output_dir {out}: expected a new or empty folder, got one holding a previous run" in result.stderr
     assert "pass --resume_from_checkpoint latest to continue it, or --overwrite_output_dir" in result.stderr
 
-    run(train_command(image_folders, out, *args, "--max_train_steps", "3", "--overwrite_output_dir"))
+    run(train_command(image_folders, out, *BASE, "--max_train_steps", "3", "--overwrite_output_dir"))
     assert len(events(out, "summary")) == 1 and events(out, "summary")[0]["total_steps"] == 3
-    assert [p.name for p in list_checkpoints(out)] == ["step_3"]
+    assert [p.name for p in list_checkpoints(out)] == ["step_2", "step_3"]
 
 
 @pytest.mark.parametrize(
@@ -205,25 +223,24 @@ def test_sigkill_while_a_checkpoint_is_written_leaves_the_previous_one_as_latest
     assert events(out, "summary")[-1]["total_steps"] == 12
 
 
-def test_a_failing_checkpoint_write_stops_the_run_and_keeps_the_previous_checkpoint(image_folders, tmp_path):
-    """A finished 2-step run is extended while the file system refuses the next checkpoint (an immutable folder
-    where it must be staged, which even root cannot write into)."""
-    out = tmp_path / "run"
-    args = ("--per_device_train_batch_size", "8", "--checkpointing_steps", "2")
-    run(train_command(image_folders, out, *args, "--max_train_steps", "2"))
-    blocked = out / "checkpoints" / ".tmp_step_4"
+@pytest.mark.xdist_group("finished")
+def test_a_failing_checkpoint_write_stops_the_run_and_keeps_the_previous_checkpoint(finished, image_folders, tmp_path):
+    """The finished run is extended while the file system refuses the next checkpoint (an immutable folder where it
+    must be staged, which even root cannot write into)."""
+    out = copy_of(finished, tmp_path)
+    blocked = out / "checkpoints" / ".tmp_step_6"
     blocked.mkdir()
     if subprocess.run(["chattr", "+i", str(blocked)], capture_output=True).returncode != 0:
         pytest.skip("this file system cannot make a folder immutable (chattr +i)")
     try:
-        result = fails(train_command(image_folders, out, *args, "--max_train_steps", "6", "--resume_from_checkpoint",
+        result = fails(train_command(image_folders, out, *BASE, "--max_train_steps", "8", "--resume_from_checkpoint",
                                      "latest"))  # fmt: skip
     finally:
         subprocess.run(["chattr", "-i", str(blocked)], check=True)
-    assert f"Could not write the checkpoint of step 4 to {blocked}" in result.stderr
-    assert f"The previous checkpoint {out / 'checkpoints' / 'step_2'} is intact" in result.stderr
-    assert [p.name for p in list_checkpoints(out)] == ["step_2"]
-    assert training_state(out, 2)["step"] == 2
+    assert f"Could not write the checkpoint of step 6 to {blocked}" in result.stderr
+    assert f"The previous checkpoint {out / 'checkpoints' / 'step_4'} is intact" in result.stderr
+    assert [p.name for p in list_checkpoints(out)] == ["step_2", "step_4"]
+    assert training_state(out, 4)["step"] == 4
 
 
 @pytest.mark.slow
@@ -249,22 +266,29 @@ def test_resume_on_another_process_count_continues_the_same_global_order(image_f
     assert lr_by_step(resumed) == {step: lr for step, lr in lr_by_step(reference).items() if step > 4}
 
 
-def test_resume_at_another_global_batch_or_with_another_optimizer_is_refused_saying_what_differs(
-    image_folders, tmp_path
-):
-    out = tmp_path / "run"
-    run(train_command(image_folders, out, "--per_device_train_batch_size", "8", "--max_train_steps", "2"))
-    result = fails(train_command(image_folders, out, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"))
+@pytest.mark.xdist_group("finished")
+def test_a_refused_resume_changes_nothing_and_names_what_differs(finished, image_folders, tmp_path):
+    """Extending the finished run at another global batch, with another recipe or another optimizer is refused before
+    anything in the run directory changes, naming what differs."""
+    out = copy_of(finished, tmp_path)
+    record = {name: (out / name).read_bytes() for name in ("run_config.json", "metrics.jsonl")}
+    resume = (*BASE, "--max_train_steps", "6", "--resume_from_checkpoint", "latest")
+
+    result = fails(train_command(image_folders, out, *resume, "--per_device_train_batch_size", "4"))
     assert "the checkpoint was trained at global batch 8 (1 processes), this run's is 4" in result.stderr
     assert "the learning rate, the schedule and the samples of each step would differ" in result.stderr
-    resume = ("--per_device_train_batch_size", "8", "--max_train_steps", "4", "--resume_from_checkpoint", "latest")
+    result = fails(train_command(image_folders, out, *resume, "--learning_rate", "0.05", "--weight_decay", "0.1",
+                                 "--layer_decay", "0.75"))  # fmt: skip
+    changed = "--layer_decay None -> 0.75; --learning_rate 0.1 -> 0.05; --weight_decay 0.05 -> 0.1"
+    assert f"the checkpoint was trained with other settings ({changed})" in result.stderr
     result = fails(train_command(image_folders, out, *resume, "--optim", "muon"))
     refusal = "--optim muon: the checkpoint was trained with adamw, whose state this optimizer cannot continue"
     assert refusal in result.stderr and "resume with --optim adamw" in result.stderr
-    result = fails(train_command(image_folders, out, *resume, "--layer_decay", "0.75"))
-    assert "the checkpoint was trained with other settings (--layer_decay None -> 0.75)" in result.stderr
+    assert {name: (out / name).read_bytes() for name in record} == record
+    assert [p.name for p in list_checkpoints(out)] == ["step_2", "step_4"]
+
     # A checkpoint that did not record its settings is still refused by its optimizer's groups.
-    state_file = out / "checkpoints" / "step_2" / TRAINING_STATE
+    state_file = out / "checkpoints" / "step_4" / TRAINING_STATE
     state_file.write_text(json.dumps({k: v for k, v in json.loads(state_file.read_text()).items() if k != "settings"}))
     result = fails(train_command(image_folders, out, *resume, "--layer_decay", "0.75"))
     refusal = "the checkpoint's optimizer has param groups of [10, 22] tensors, this run's of [1, 3, 4, 8, 4, 8, 1, 3]"
@@ -317,22 +341,33 @@ def test_a_dead_process_stops_the_other_within_the_timeout(image_folders, tmp_pa
     assert not (out / "final").exists()
 
 
+# 12 steps (2 epochs of 6) with checkpoints every 3 and an EMA: the eager run the compiled one is held against, and
+# the timeline an earlier checkpoint is resumed from (on a copy).
+TWELVE = ("--per_device_train_batch_size", "8", "--checkpointing_steps", "3", "--checkpoints_total_limit", "10",
+          "--ema_decay", "0.9")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def twelve_steps(image_folders, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("twelve_steps") / "run"
+    run(train_command(image_folders, out, *TWELVE, "--max_train_steps", "12"))
+    return out
+
+
 @pytest.mark.slow
-def test_torch_compile_trains_saves_and_resumes_like_eager(image_folders, tmp_path):
+@pytest.mark.xdist_group("twelve_steps")
+def test_torch_compile_trains_saves_and_resumes_like_eager(twelve_steps, image_folders, tmp_path):
     """Compiled in place on CPU: the same losses as eager within float tolerance, best/ and final/ saved as plain
     model folders, and a compiled run resumed from its mid-run checkpoint."""
-    args = ("--per_device_train_batch_size", "8", "--num_train_epochs", "2", "--checkpointing_steps", "3",
-            "--checkpoints_total_limit", "5", "--ema_decay", "0.9")  # fmt: skip
-    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
-    run(train_command(image_folders, eager, *args))
-    run(train_command(image_folders, compiled, *args, "--torch_compile"))
+    eager, compiled = twelve_steps, tmp_path / "compiled"
+    run(train_command(image_folders, compiled, *TWELVE, "--max_train_steps", "12", "--torch_compile"))
     eager_losses = [e["loss"] for e in events(eager, "train")]
     assert [e["loss"] for e in events(compiled, "train")] == pytest.approx(eager_losses, rel=1e-4)
     # The first step's and the first evaluation's compilation is timed apart from the steps that follow it.
     seconds = events(compiled, "summary")[0]["phase_seconds"]
     assert seconds["compile"] > 5 * seconds["forward_backward"] > 0
     assert events(eager, "summary")[0]["phase_seconds"]["compile"] == 0
-    for folder in ("best", "final"):
+    for folder in ("best", "final", "final_ema"):
         weights = load_file(compiled / folder / "model.safetensors")
         assert not any("_orig_mod" in name for name in weights)
         for name, value in load_file(eager / folder / "model.safetensors").items():
@@ -341,58 +376,31 @@ def test_torch_compile_trains_saves_and_resumes_like_eager(image_folders, tmp_pa
     shutil.rmtree(compiled / "final")
     for later in list_checkpoints(compiled)[1:]:
         shutil.rmtree(later)
-    result = run(
-        train_command(image_folders, compiled, *args, "--torch_compile", "--resume_from_checkpoint", "latest")
-    )
+    result = run(train_command(image_folders, compiled, *TWELVE, "--max_train_steps", "12", "--torch_compile",
+                               "--resume_from_checkpoint", "latest"))  # fmt: skip
     assert "at step 3" in result.stderr
     assert events(compiled, "summary")[-1]["total_steps"] == 12
     assert (compiled / "final" / "model.safetensors").is_file()
 
 
-def test_a_refused_resume_changes_nothing_and_names_each_changed_setting(image_folders, tmp_path):
-    """A finished run resumed with another learning rate, or another optimizer, is refused before anything in the
-    run directory changes; the same settings find it complete and leave its record as it was."""
-    out = tmp_path / "run"
-    base = ("--per_device_train_batch_size", "8", "--max_train_steps", "4")
-    run(train_command(image_folders, out, *base))
-    record = {name: (out / name).read_bytes() for name in ("run_config.json", "metrics.jsonl")}
-
-    changed = fails(train_command(image_folders, out, *base, "--resume_from_checkpoint", "latest",
-                                  "--learning_rate", "0.05", "--weight_decay", "0.1"))  # fmt: skip
-    assert "--learning_rate 0.1 -> 0.05; --weight_decay 0.05 -> 0.1" in changed.stderr
-    muon = fails(train_command(image_folders, out, *base, "--resume_from_checkpoint", "latest", "--optim", "muon"))
-    assert "--optim muon: the checkpoint was trained with adamw" in muon.stderr
-    complete = run(train_command(image_folders, out, *base, "--resume_from_checkpoint", "latest"))
-    assert "is complete: step_4 is step 4 of 4" in complete.stderr
-    assert {name: (out / name).read_bytes() for name in record} == record
-
-    # Extending is a length, not a recipe: accepted, and the record says the new length with the same rate.
-    run(train_command(image_folders, out, "--per_device_train_batch_size", "8", "--max_train_steps", "6",
-                      "--resume_from_checkpoint", "latest"))  # fmt: skip
-    config = json.loads((out / "run_config.json").read_text())
-    assert config["max_train_steps"] == 6 and config["learning_rate"] == 0.1
-    assert events(out, "summary")[-1]["total_steps"] == 6
-
-
-def test_resuming_from_an_earlier_checkpoint_sets_the_later_timeline_aside(image_folders, tmp_path):
-    """12 steps (6 an epoch) with checkpoints every 3; resumed by path from step_3 for 8 steps, then from latest for
-    10: latest is the new timeline's step_8, not the abandoned step_12, and the abandoned models are kept apart."""
-    out = tmp_path / "run"
-    base = ("--per_device_train_batch_size", "8", "--checkpointing_steps", "3", "--checkpoints_total_limit", "10")
-    run(train_command(image_folders, out, *base, "--max_train_steps", "12"))
+@pytest.mark.xdist_group("twelve_steps")
+def test_resuming_from_an_earlier_checkpoint_sets_the_later_timeline_aside(twelve_steps, image_folders, tmp_path):
+    """Resumed by path from step_3 for 8 steps, then from latest for 10: latest is the new timeline's step_8, not the
+    abandoned step_12, and the abandoned models are kept apart."""
+    out = copy_of(twelve_steps, tmp_path)
     assert [p.name for p in list_checkpoints(out)] == ["step_3", "step_6", "step_9", "step_12"]
 
-    shorter = run(train_command(image_folders, out, *base, "--max_train_steps", "8",
+    shorter = run(train_command(image_folders, out, *TWELVE, "--max_train_steps", "8",
                                 "--resume_from_checkpoint", str(out / "checkpoints" / "step_3")))  # fmt: skip
     assert "Shortening the run from 12 to 8 optimizer steps" in shorter.stderr
     aside = out / "checkpoints" / "abandoned_after_step_3"
-    assert sorted(p.name for p in aside.iterdir()) == ["best", "final", "step_12", "step_6", "step_9"]
+    assert sorted(p.name for p in aside.iterdir()) == ["best", "final", "final_ema", "step_12", "step_6", "step_9"]
     assert [p.name for p in list_checkpoints(out)] == ["step_3", "step_6", "step_8"]
     assert events(out, "summary")[-1]["total_steps"] == 8
     assert [e["step"] for e in events(out, "eval")] == [6, 8]  # the abandoned evaluations left the log
     assert events(out, "summary")[-1]["best_step"] in (6, 8) and (out / "best").is_dir()
 
-    extended = run(train_command(image_folders, out, *base, "--max_train_steps", "10",
+    extended = run(train_command(image_folders, out, *TWELVE, "--max_train_steps", "10",
                                  "--resume_from_checkpoint", "latest"))  # fmt: skip
     assert "Resumed from" in extended.stderr and "step_8 at step 8" in extended.stderr
     assert "Extending the run from 8 to 10 optimizer steps" in extended.stderr
@@ -414,7 +422,7 @@ def test_a_refusal_under_accelerate_launch_is_one_line_once(tmp_path, layout, me
         train.mkdir()
         for i in range(3):
             Image.new("RGB", (8, 8)).save(train / f"{i}.png")
-    result = fails(train_command((train, train), tmp_path / "run", "--max_train_steps", "1"))
+    result = fails(train_command((train, train), tmp_path / "run", "--max_train_steps", "1", launcher=ACCELERATE))
     lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
     assert len(lines) == 1 and lines[0].startswith("train.py: error: " + message.format(train=train))
     assert result.stderr.rstrip().endswith(lines[0]) and "Traceback" not in result.stderr

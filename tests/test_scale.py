@@ -9,7 +9,7 @@ from pathlib import Path
 
 import datasets
 import pytest
-from launch import ACCELERATE, ROOT, TINY, environment, events, lr_by_step, run, train_command, write_split
+from launch import LAUNCH, ROOT, TINY, environment, events, lr_by_step, run, train_command, write_split
 from safetensors.torch import load_file
 
 from modeling_vit_custom.data.sampling import EpochSampler
@@ -40,8 +40,7 @@ def draws(tmp_path: Path, name: str) -> dict[int, dict]:
     out.mkdir()
     run(
         [
-            ACCELERATE,
-            "launch",
+            *LAUNCH,
             "--multi_gpu",
             "--num_processes",
             "2",

@@ -37,6 +37,7 @@ def push(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("space")
 def test_push_to_hub_writes_a_space_checked_by_classifying_through_its_app(model_dir, tmp_path):
     space = tmp_path / "space"
     process = push(str(model_dir), "--hub_model_id", "someone/vit-pets", "--revision_tag", "v1", "--dry_run",
@@ -61,6 +62,7 @@ def test_push_to_hub_writes_a_space_checked_by_classifying_through_its_app(model
     assert [p.name for p in (space / "examples").iterdir()] == ["grace_hopper.jpg"]
 
 
+@pytest.mark.xdist_group("space")
 def test_space_needs_a_repository_and_a_revision(model_dir, tmp_path):
     process = push(str(model_dir), "--hub_model_id", "someone/vit-pets", "--output_dir", str(tmp_path / "repo"),
                    "--space_dir", str(tmp_path / "space"))  # fmt: skip
@@ -69,6 +71,7 @@ def test_space_needs_a_repository_and_a_revision(model_dir, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.xdist_group("space")
 def test_a_space_whose_app_does_not_start_fails_its_check(model_dir, tmp_path):
     space = write_space(tmp_path / "space", "someone/vit-pets", "v1", sample_photos())
     app = space / "app.py"

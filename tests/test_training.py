@@ -38,6 +38,7 @@ def single_run(image_folders, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.xdist_group("single_run")
 def test_single_process_run_writes_everything(single_run):
     eval_events = events(single_run, "eval")
     assert [e["step"] for e in eval_events] == [6, 12]
@@ -69,6 +70,7 @@ def test_single_process_run_writes_everything(single_run):
         }  # fmt: skip
 
 
+@pytest.mark.xdist_group("single_run")
 def test_final_model_loads_in_a_clean_process(single_run, tmp_path):
     code = (
         "import sys, torch\n"
@@ -88,6 +90,7 @@ def test_final_model_loads_in_a_clean_process(single_run, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("single_run")
 def test_two_processes_sync_gradients_and_count_every_sample(single_run, image_folders, tmp_path):
     """2 processes x batch 4 = the single run's global batch 8: same schedule, same evaluation counts."""
     out = tmp_path / "run"
@@ -111,6 +114,7 @@ def test_two_processes_sync_gradients_and_count_every_sample(single_run, image_f
     assert results[0]["eval_loss"] == pytest.approx(results[1]["eval_loss"], rel=1e-5)
 
 
+@pytest.mark.xdist_group("single_run")
 def test_learning_rate_schedule_is_the_same_with_gradient_accumulation(single_run, image_folders, tmp_path):
     """Batch 4 x 2 accumulation steps = batch 8: the schedule is in optimizer steps, so the lr at each step agrees."""
     out = tmp_path / "run"
@@ -311,7 +315,7 @@ def test_the_readmes_own_images_command_learns_on_a_50_image_folder(tmp_path):
     assert command in readme
     out = tmp_path / "runs" / "own_images"
     result = subprocess.run(
-        [ACCELERATE, "launch", "-q", "--config_file", str(ROOT / "configs/accelerate/cpu.yaml"),
+        [*ACCELERATE, "-q", "--config_file", str(ROOT / "configs/accelerate/cpu.yaml"),
          str(ROOT / "scripts/train.py"), "--config", str(ROOT / "configs/own_images.yaml"),
          "--train_dir", "my_images", "--report_to", "none"],
         cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=600,

@@ -1,11 +1,17 @@
 """Launch `scripts/train.py` as its users do (accelerate, CPU) on a tiny imagefolder: helpers shared by the tests."""
 
+import functools
+import multiprocessing
 import os
+import runpy
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -118,9 +124,96 @@ def environment() -> dict:
 
 
 def run(command: list[str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=600)
+    result = execute(command)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return result
+
+
+def execute(command: list[str], timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Runs `command` in environment() and returns its exit code and output, as subprocess.run does.
+
+    A script run by Python, directly or through accelerate's single-process launcher, runs in a new process forked
+    from a server that has imported the libraries every script imports (torch, transformers, timm, datasets,
+    accelerate, matplotlib: most of a tiny run's time here), with the command line, environment and exit code it
+    would have had: accelerate's own code reads the launch flags and gives the command and environment its launcher
+    would run. Anything else (several processes, `python -c`) is a subprocess."""
+    plain = _as_script_command(command)
+    if plain is None or environment() != STARTING_ENVIRONMENT:  # the libraries read some variables as they import
+        return subprocess.run(command, env=environment(), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    argv, env = plain
+    with tempfile.TemporaryDirectory() as folder:
+        out, err = Path(folder, "stdout"), Path(folder, "stderr")
+        process = _forkserver().Process(target=_run_script, args=(argv, env, str(cwd or os.getcwd()), out, err))
+        process.start()
+        process.join(timeout)
+        if process.exitcode is None:
+            process.kill()
+            process.join()
+            raise subprocess.TimeoutExpired(command, timeout)
+        return subprocess.CompletedProcess(command, process.exitcode, out.read_text(), err.read_text())
+
+
+# What every script imports, loaded once by the fork server, with the environment of the session's start (before any
+# test changes it), which is what they read as they import.
+PRELOAD = ["torch", "torchvision.transforms.v2", "timm.data", "timm.utils", "transformers.modeling_utils",
+           "transformers.optimization", "datasets", "accelerate", "matplotlib.pyplot"]  # fmt: skip
+STARTING_ENVIRONMENT = environment()
+
+
+@functools.cache
+def _forkserver() -> multiprocessing.context.ForkServerContext:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    with mock.patch.dict(os.environ, STARTING_ENVIRONMENT, clear=True):
+        multiprocessing.forkserver.ensure_running()
+    return context
+
+
+def _as_script_command(command: list[str]) -> tuple[list[str], dict] | None:
+    """(python, script, args) and its environment for a script run by Python or by accelerate's single-process
+    launcher; None for anything else."""
+    if command[:3] == LAUNCH:
+        from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+        from accelerate.utils.launch import prepare_simple_launcher_cmd_env
+
+        with mock.patch.dict(os.environ, environment(), clear=True):
+            args, _, _ = _validate_launch_command(launch_command_parser().parse_args(command[3:]))
+            if args.multi_gpu or args.use_fsdp or args.use_deepspeed or args.num_processes > 1:
+                return None
+            argv, env = prepare_simple_launcher_cmd_env(args)
+    elif command[0] == sys.executable and command[1].endswith(".py"):
+        argv, env = command, environment()
+    else:
+        return None
+    return (argv, env) if argv[0] == sys.executable and argv[1].endswith(".py") else None
+
+
+def _run_script(argv: list[str], env: dict, cwd: str, stdout: Path, stderr: Path) -> None:
+    """In the forked process: what `python script args` would do, then exit with its code."""
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    for fd, path in ((1, stdout), (2, stderr)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    if "OMP_NUM_THREADS" in env:  # what torch reads from it as it starts
+        import torch
+
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+    sys.argv = argv[1:]
+    sys.path.insert(0, str(Path(argv[1]).resolve().parent))
+    code = 0
+    try:
+        runpy.run_path(argv[1], run_name="__main__")
+    except SystemExit as stop:
+        if isinstance(stop.code, str):
+            print(stop.code, file=sys.stderr)
+        code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def kill_once_exists(command: list[str], path: Path, poll_s: float = 0.05) -> None:

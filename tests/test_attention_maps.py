@@ -1,6 +1,5 @@
 """Tests of the attention maps: rollout and grid maths on hand-made attention, and the script on real images."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_CONFIG
+from launch import execute
 from PIL import Image
 
 from modeling_vit_custom import ViTCustomConfig, ViTCustomForImageClassification
@@ -159,9 +159,8 @@ def images(tmp_path_factory) -> Path:
 
 
 def visualize(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(REPO_ROOT / "scripts" / "visualize_attention.py"), *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    return execute(command, timeout=300)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from launch import CLASSES, environment, write_split
+from launch import CLASSES, execute, write_split
 from PIL import Image
 from safetensors.torch import save_file
 from timm.layers import GluMlp, SwiGLU, SwiGLUPacked
@@ -297,11 +297,9 @@ def test_converted_transformers_vit_evaluates_exports_and_builds_its_hub_folder(
     processor.save_pretrained(tmp_path / "hf")
     convert_hf_vit(tmp_path / "hf", tmp_path / "converted")
     write_split(tmp_path / "val", [4, 4, 4], seed=1)
-    env = environment()
 
     def script(name: str, *args: str) -> subprocess.CompletedProcess:
-        done = subprocess.run([sys.executable, str(REPO / "scripts" / name), *args],
-                              env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        done = execute([sys.executable, str(REPO / "scripts" / name), *args], timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         return done
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from huggingface_hub.errors import GatedRepoError
+from launch import execute
 from PIL import Image
 
 from modeling_vit_custom import ViTCustomConfig
@@ -424,7 +425,7 @@ def test_a_parquet_stream_knows_its_length_from_the_footers(sharded_stream, sour
 def test_the_prepared_copy_streams_in_epochs_and_is_not_taken_for_a_saved_dataset(tmp_path):
     """`scripts/prepare_dataset.py`'s shards, trained with --streaming for 2 epochs as the script says; the folder
     passed to --dataset_path is refused naming the flags that read it."""
-    from launch import ROOT, environment, events, run, train_command, write_split
+    from launch import ROOT, events, run, train_command, write_split
 
     data, prepared = tmp_path / "data", tmp_path / "prepared"
     write_split(data / "train", [6, 5, 5], seed=0)
@@ -438,9 +439,7 @@ def test_the_prepared_copy_streams_in_epochs_and_is_not_taken_for_a_saved_datase
                       "--num_train_epochs", "2", "--randaugment", ""))  # fmt: skip
     assert [e["epoch"] for e in events(out, "eval")] == [1, 2]
     assert events(out, "summary")[-1]["total_steps"] == 2 * (16 // 4)
-    refused = subprocess.run(
-        train_command(prepared, tmp_path / "refused"), env=environment(), capture_output=True, text=True
-    )
+    refused = execute(train_command(prepared, tmp_path / "refused"))
     assert refused.returncode != 0
     assert (
         f"--dataset_path {prepared}: expected a folder written by save_to_disk (with dataset_dict.json), got parquet "
@@ -573,7 +572,7 @@ def test_validation_only_carve_matches_training(tmp_path):
 def test_evaluation_scores_only_the_images_it_read_and_stops_above_the_limit(tmp_path):
     """evaluate_model.py on a folder where 2 of 26 files are unreadable: top-1 over the 24 read (the same as on a
     folder of those 24 alone), 2 skipped and said so; refused at the default 1% limit, writing no result."""
-    from launch import CLASSES, ROOT, environment, write_split
+    from launch import CLASSES, ROOT, write_split
 
     from modeling_vit_custom import ViTCustomConfig, ViTCustomForImageClassification
 
@@ -593,7 +592,7 @@ def test_evaluation_scores_only_the_images_it_read_and_stops_above_the_limit(tmp
                    str(tmp_path / "model"), "--validation_dir", str(tmp_path / folder), "--num_workers", "0",
                    "--per_device_eval_batch_size", "5", "--output_json", str(tmp_path / f"{folder}.json"),
                    *extra]  # fmt: skip
-        return subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=300)
+        return execute(command, timeout=300)
 
     good = evaluate("good")
     assert good.returncode == 0, good.stderr[-2000:]

@@ -49,7 +49,6 @@ def model_dir(tmp_path_factory) -> Path:
     return save_model(tmp_path_factory.mktemp("models") / "vit-custom-demo", image_size=64)
 
 
-@pytest.mark.xdist_group("demo")
 def test_answers_equal_the_pipeline_and_overlays_cover_the_input(model_dir, photo):
     classifier = Classifier.load(model_dir)
     prediction = classifier(photo)
@@ -100,7 +99,6 @@ def test_every_kind_of_model(tmp_path, photo, kind):
         assert "rollout only" in classifier.describe()
 
 
-@pytest.mark.xdist_group("demo")
 def test_unreadable_file_is_named(model_dir, tmp_path):
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
@@ -209,7 +207,6 @@ def upload(browser, url: str, path: Path, timeout: float = 60) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("demo")
 def test_page_classifies_a_photo_as_the_pipeline_does(browser, demo_url, model_dir, photo):
     from selenium.webdriver.common.by import By
 
@@ -231,7 +228,6 @@ def test_page_classifies_a_photo_as_the_pipeline_does(browser, demo_url, model_d
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("demo")
 def test_page_says_when_an_upload_is_not_an_image(browser, demo_url, tmp_path):
     from selenium.webdriver.common.by import By
 

@@ -1,7 +1,5 @@
 """Tests of the export: ONNX with dynamic batch and size checked against the eager model, int8, and refusals."""
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -9,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_CONFIG
+from launch import execute
 from PIL import Image
 
 from modeling_vit_custom import ViTCustomConfig, ViTCustomForImageClassification
@@ -43,7 +42,6 @@ def onnx_file(tmp_path_factory) -> tuple[Path, Path, dict]:
     return model_dir, root / "out" / "model.onnx", report
 
 
-@pytest.mark.xdist_group("onnx_file")
 def test_onnx_matches_the_eager_model_at_any_batch_and_size(onnx_file):
     model_dir, path, report = onnx_file
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx"]  # nothing staged is left
@@ -58,7 +56,6 @@ def test_onnx_matches_the_eager_model_at_any_batch_and_size(onnx_file):
         assert np.abs(run(pixel_values) - expected).max() <= TOLERANCE, (batch, height, width)
 
 
-@pytest.mark.xdist_group("onnx_file")
 def test_verification_refuses_a_file_of_other_weights(onnx_file, tmp_path):
     _, path, _ = onnx_file
     other = ViTCustomForImageClassification.from_pretrained(save_model(tmp_path / "other", seed=1)).eval()
@@ -129,10 +126,9 @@ def test_script_writes_int8_and_measures_it(tmp_path):
             pixels[..., c] += 140
             Image.fromarray(pixels).save(tmp_path / "val" / label / f"{i}.png")
     output = tmp_path / "out" / "model.int8.onnx"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(REPO_ROOT / "scripts" / "export.py"), str(model_dir), "--format", "onnx",
                "--int8", "--output", str(output), "--measure", str(tmp_path / "val"), "--batch_size", "4"]  # fmt: skip
-    process = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    process = execute(command, timeout=300)
     assert process.returncode == 0, process.stderr[-3000:]
     assert sorted(p.name for p in output.parent.iterdir()) == ["model.int8.onnx"]
     lines = process.stdout.splitlines()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from launch import LAUNCH, ROOT, TINY, environment, events, run
+from launch import LAUNCH, ROOT, TINY, environment, events, execute, run
 from safetensors.torch import load_file
 from timm.layers import resample_abs_pos_embed
 from timm.optim import param_groups_layer_decay
@@ -96,7 +96,7 @@ def test_checkpoint_that_does_not_fit_is_refused_before_anything_is_written(imag
     overrides = "image_size=24,hidden_size=64,intermediate_size=128"
     command = finetune_command(image_folders, checkpoint, out, overrides)
     command = [sys.executable, *command[command.index(str(ROOT / "scripts/train.py")) :]]  # refused before launch
-    result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=600)
+    result = execute(command)
     assert result.returncode != 0
     assert "vit.embeddings.cls_token is (1, 1, 32) in the checkpoint, (1, 1, 64) in the model" in result.stderr
     assert "--model_config_overrides {'image_size': 24, 'hidden_size': 64, 'intermediate_size': 128}" in result.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 import accelerate
 import pytest
 import torch
-from launch import TINY, environment, events, run, train_command
+from launch import TINY, environment, events, execute, run, train_command
 from safetensors.torch import load_file
 
 # 6 steps of 2 processes x 4 images (one epoch of the 48), checkpoints at steps 3 (mid-epoch) and 6; EMA, mixup and
@@ -49,7 +49,6 @@ def fsdp_run(image_folders, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.xdist_group("fsdp_run")
 def test_fsdp_shards_the_model_and_saves_gathered_folders(fsdp_run, tmp_path):
     config = json.loads((fsdp_run / "run_config.json").read_text())
     assert config["distributed_type"] == "FSDP"
@@ -76,7 +75,6 @@ def test_fsdp_shards_the_model_and_saves_gathered_folders(fsdp_run, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("fsdp_run")
 def test_fsdp_matches_ddp_and_resumes_where_it_stopped(fsdp_run, image_folders, tmp_path):
     """The same seed under DDP: the same losses (fp32), weights and EMA within summation-order rounding. A copy of
     the run as stopped at step 3 (its sharded checkpoint, nothing else) resumed: the same steps, the same weights."""
@@ -116,7 +114,7 @@ def test_fsdp_matches_ddp_and_resumes_where_it_stopped(fsdp_run, image_folders, 
 )
 def test_fsdp_refuses_what_it_cannot_run_before_reading_data(image_folders, tmp_path, flag, message):
     command = train_command(image_folders, tmp_path / "run", flag, "--max_train_steps", "2", processes=2, fsdp=True)
-    result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=300)
+    result = execute(command, timeout=300)
     assert result.returncode != 0
     assert message in result.stderr
     assert not (tmp_path / "run" / "run_config.json").exists()

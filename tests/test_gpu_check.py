@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from launch import ROOT, environment
+from launch import ROOT, execute
 
 from modeling_vit_custom.bench.gpu_check import TINY, check_options, resolve_device
 
@@ -18,8 +18,7 @@ PEAK_TFLOPS = 2.0  # any known peak: on a CPU the harness knows none, and MFU is
 
 
 def gpu_check(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, SCRIPT, *args], env=environment(), capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    return execute([sys.executable, SCRIPT, *args], timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +38,6 @@ def positive(value) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value > 0
 
 
-@pytest.mark.xdist_group("gpu_check")
 def test_table_has_every_row_with_finite_positive_numbers(tiny_check):
     rows, result = tiny_check
     assert [row[0] for row in rows] == ["train step img/s"] * 4 + ["bf16 vs fp32 loss"] + ["DataLoader img/s"] * 2
@@ -62,7 +60,6 @@ def test_table_has_every_row_with_finite_positive_numbers(tiny_check):
         assert positive(float(row[2])) and row[-1].endswith("% of ours' fastest train step")
 
 
-@pytest.mark.xdist_group("gpu_check")
 def test_json_schema_and_training_numbers(tiny_check):
     _, result = tiny_check
     assert set(result) == {"machine", "settings", "peak_flops", "peak_flops_source", "training", "precision", "data"}
@@ -90,7 +87,6 @@ def test_json_schema_and_training_numbers(tiny_check):
         assert positive(result[part]["seconds"])
 
 
-@pytest.mark.xdist_group("gpu_check")
 def test_bf16_against_fp32_is_computed_from_the_two_curves(tiny_check):
     _, result = tiny_check
     precision = result["precision"]
@@ -115,7 +111,6 @@ def test_bf16_against_fp32_is_computed_from_the_two_curves(tiny_check):
     assert precision["passed"] is True
 
 
-@pytest.mark.xdist_group("gpu_check")
 def test_dataloader_rows(tiny_check):
     _, result = tiny_check
     data = result["data"]

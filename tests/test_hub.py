@@ -141,7 +141,6 @@ def assert_fully_rendered(text: str):
         assert leftover not in text, f"{leftover!r} left in the rendered card"
 
 
-@pytest.mark.xdist_group("hub_run")
 def test_exported_folder_files_config_and_weights(exported, run_dir):
     assert {p.name for p in exported.iterdir()} == EXPECTED_FILES
     config = json.loads((exported / "config.json").read_text())
@@ -161,7 +160,6 @@ def test_exported_folder_files_config_and_weights(exported, run_dir):
     assert sorted(p.name for p in exported.parent.iterdir()) == ["exported", "run"]
 
 
-@pytest.mark.xdist_group("hub_run")
 def test_auto_map_entries_resolve_to_classes_in_the_folder(exported):
     for auto_class, reference in AUTO_MAP.items():
         module, class_name = reference.split(".")
@@ -173,7 +171,6 @@ def test_auto_map_entries_resolve_to_classes_in_the_folder(exported):
     assert "modeling_vit_custom" not in imports and "configuration_vit_custom" in imports
 
 
-@pytest.mark.xdist_group("hub_run")
 def test_loads_in_clean_process_through_auto_classes_and_pipeline(exported, run_dir):
     report = hub.verify_folder(exported, run_dir / "final")
     classes = [name.rsplit(".", 1)[-1] for name in report["classes"]]
@@ -185,7 +182,6 @@ def test_loads_in_clean_process_through_auto_classes_and_pipeline(exported, run_
     assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1, abs=1e-5)
 
 
-@pytest.mark.xdist_group("hub_run")
 def test_verification_rejects_other_weights(exported, run_dir):
     (summary,) = events(run_dir, "summary")
     assert summary["best_step"] < summary["total_steps"]  # so best/ holds other weights than final/
@@ -193,7 +189,6 @@ def test_verification_rejects_other_weights(exported, run_dir):
         hub.verify_folder(exported, run_dir / "best")
 
 
-@pytest.mark.xdist_group("hub_run")
 def test_trained_card_has_the_run_values_and_valid_metadata(exported, run_dir):
     readme = exported / "README.md"
     text = readme.read_text(encoding="utf-8")
@@ -234,7 +229,6 @@ def test_trained_card_has_the_run_values_and_valid_metadata(exported, run_dir):
     assert "`blue`, `green`, `red`" in text
 
 
-@pytest.mark.xdist_group("hub_run")
 def test_trained_card_names_the_dataset_the_run_read(exported):
     text = (exported / "README.md").read_text(encoding="utf-8")
     assert "imagenet" not in text.lower()
@@ -243,7 +237,6 @@ def test_trained_card_names_the_dataset_the_run_read(exported):
     assert metadata["model-index"][0]["results"][0]["dataset"]["type"] == "imagefolder"
 
 
-@pytest.mark.xdist_group("hub_run")
 def test_best_checkpoint_card_reports_the_best_evaluation(run_dir, tmp_path):
     (summary,) = events(run_dir, "summary")
     assert summary["best_step"] < summary["total_steps"]
@@ -260,7 +253,6 @@ def test_best_checkpoint_card_reports_the_best_evaluation(run_dir, tmp_path):
     assert row in text
 
 
-@pytest.mark.xdist_group("hub_run")
 def test_card_leaves_out_secret_settings(run_dir, tmp_path):
     """A run config that recorded credentials (as some launchers do) never puts them in the card or the folder."""
     copied_run = tmp_path / "run"
@@ -339,7 +331,6 @@ def test_card_names_the_zoo_features_of_the_model(tmp_path):
     assert "| Norm | RMSNorm, eps 1e-06 |" in text
 
 
-@pytest.mark.xdist_group("hub_run")
 def test_upload_sends_the_verified_folder_in_one_commit_without_leaking_the_token(
     fake_api, run_dir, tmp_path, monkeypatch, caplog, capfd
 ):
@@ -384,7 +375,6 @@ def record_verifications(monkeypatch) -> list:
     return verified
 
 
-@pytest.mark.xdist_group("hub_run")
 def test_upload_without_output_dir_leaves_no_folder_behind(fake_api, run_dir, monkeypatch):
     verified = record_verifications(monkeypatch)
     url = hub.push_run(run_dir / "final", None, "someone/untrained-card")
@@ -396,7 +386,6 @@ def test_upload_without_output_dir_leaves_no_folder_behind(fake_api, run_dir, mo
     assert url.endswith("/commit/0123abcd") and len(fake_api.calls) == 3  # no tag asked for, none made
 
 
-@pytest.mark.xdist_group("hub_run")
 def test_refuses_to_upload_a_folder_whose_code_does_not_reproduce_the_model(fake_api, run_dir, tmp_path):
     model_dir = tmp_path / "stale"
     save_model(model_dir, seed=0)
@@ -417,7 +406,6 @@ def test_refuses_to_upload_a_folder_whose_code_does_not_reproduce_the_model(fake
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stale"]
 
 
-@pytest.mark.xdist_group("hub_run")
 def test_offline_upload_is_refused_and_dry_run_builds_only(monkeypatch, fake_api, run_dir):
     monkeypatch.setattr(hub, "is_offline_mode", lambda: True)
     with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE is set: cannot upload to 'someone/x'"):
@@ -435,7 +423,6 @@ def test_offline_upload_is_refused_and_dry_run_builds_only(monkeypatch, fake_api
     assert fake_api.calls == []
 
 
-@pytest.mark.xdist_group("hub_run")
 def test_bad_inputs_name_the_problem(run_dir, tmp_path, exported):
     bad_run = tmp_path / "bad_run"
     bad_run.mkdir()
@@ -459,7 +446,6 @@ def test_bad_inputs_name_the_problem(run_dir, tmp_path, exported):
         hub.build_folder(run_dir / "final", tmp_path / "repo2", repo_id="someone/x", template_path=template)
 
 
-@pytest.mark.xdist_group("hub_run")
 def test_run_without_summary_reports_its_last_evaluation(run_dir, tmp_path):
     """A run stopped before its end: metrics.jsonl up to the evaluation at step 15, no summary, no config."""
     interrupted = tmp_path / "interrupted"
@@ -500,7 +486,6 @@ def test_sharded_weights_are_exported_whole_and_other_safetensors_left_out(tmp_p
     assert "| Parameters | 81,226 |" in (folder / "README.md").read_text()
 
 
-@pytest.mark.xdist_group("hub_run")
 def test_card_tells_the_truth_about_the_run(exported, run_dir):
     """Title, data, evaluation split, recipe without paths, top-k only below the class count, a pinned snippet, the
     attention map and curves."""
@@ -525,7 +510,6 @@ def test_card_tells_the_truth_about_the_run(exported, run_dir):
         assert figure.format == "PNG"
 
 
-@pytest.mark.xdist_group("hub_run")
 def test_card_names_model_and_data_as_asked(run_dir, tmp_path):
     with pytest.raises(ValueError, match="expected --hub_model_id or --model_name to name the model in its card"):
         hub.build_folder(run_dir / "final", tmp_path / "nameless", run_dir=run_dir)
@@ -602,7 +586,6 @@ hub.build_folder(model_dir, folder, run_dir=run_dir, repo_id="someone/from-a-whe
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("hub_run")
 def test_a_wheel_install_builds_the_hub_folder_and_its_card(run_dir, tmp_path):
     """The built wheel, installed alone into a fresh folder, renders the card in a clean process that cannot see the
     checkout: everything the package reads at run time ships inside it."""

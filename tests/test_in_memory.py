@@ -1,14 +1,13 @@
 """The in-memory data path: small datasets decoded once, augmented a batch at a time, replayable from any batch."""
 
 import io
-import subprocess
 from types import SimpleNamespace
 
 import datasets
 import numpy as np
 import pytest
 import torch
-from launch import TINY, environment, events, final_weights, kill_once_exists, run, train_command
+from launch import TINY, events, execute, final_weights, kill_once_exists, run, train_command
 from PIL import Image
 from timm.data.transforms import RandomResizedCropAndInterpolation
 
@@ -216,7 +215,7 @@ def test_a_cifar_shaped_hub_dataset_trains_in_memory_on_two_processes(tmp_path):
 
 def test_data_in_memory_true_with_randaugment_is_refused_before_any_data_is_read(image_folders, tmp_path):
     command = train_command(image_folders, tmp_path / "run", "--data_in_memory", "true")
-    result = subprocess.run(command, env=environment(), capture_output=True, text=True)
+    result = execute(command)
     assert result.returncode != 0
     assert "--data_in_memory true: --randaugment 'rand-m9-mstd0.5-inc1' works on PIL images" in result.stderr
     assert not (tmp_path / "run").exists()

@@ -45,7 +45,6 @@ def test_sequence_of_class_labels_is_read_as_multi_label(data):
     assert len(splits.train) == 96 and len(splits.validation) == 45
 
 
-@pytest.mark.xdist_group("multi_label_run")
 def test_run_trains_with_bce_and_logs_map_and_f1(multi_label_run, data):
     for folder in ("final", "best"):
         config = json.loads((multi_label_run / folder / "config.json").read_text())
@@ -69,7 +68,6 @@ def test_run_trains_with_bce_and_logs_map_and_f1(multi_label_run, data):
     assert (multi_label_run / "training_curves.png").stat().st_size > 10_000
 
 
-@pytest.mark.xdist_group("multi_label_run")
 def test_pipeline_gives_sigmoid_scores_in_a_clean_process(multi_label_run, tmp_path):
     code = (
         "import sys, json, torch\n"
@@ -96,7 +94,6 @@ def test_pipeline_gives_sigmoid_scores_in_a_clean_process(multi_label_run, tmp_p
     assert abs(sum(scores) - 1) > 0.05  # independent per-class probabilities, not a softmax
 
 
-@pytest.mark.xdist_group("multi_label_run")
 def test_evaluate_model_measures_the_saved_model_as_training_did(multi_label_run, data, tmp_path):
     json_path = tmp_path / "eval.json"
     run([sys.executable, str(ROOT / "scripts/evaluate_model.py"),
@@ -109,7 +106,6 @@ def test_evaluate_model_measures_the_saved_model_as_training_did(multi_label_run
         assert result[key] == pytest.approx(last[key], abs=1e-6), key
 
 
-@pytest.mark.xdist_group("multi_label_run")
 def test_int8_measurement_compares_every_class_decision_and_counts_no_top1(multi_label_run, tmp_path):
     """Folder names that are the model's labels would give a top-1 to a single-label model, not to a multi-label one:
     an image there has a set of labels. Agreement with fp32 is over every (image, class) decision."""
@@ -148,7 +144,6 @@ def test_map_and_f1_match_their_definitions():
     assert average_precision(np.array([0.5, 0.5]), np.array([1, 0])) == 0.5
 
 
-@pytest.mark.xdist_group("multi_label_run")
 def test_hub_folder_verifies_the_pipeline_sigmoid_scores(multi_label_run, tmp_path):
     """push_to_hub.py's clean-process check compares the pipeline's top score with sigmoid(logits) for this model."""
     run([sys.executable, str(ROOT / "scripts/push_to_hub.py"), str(multi_label_run / "final"),

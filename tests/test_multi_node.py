@@ -46,7 +46,6 @@ def one_machine(image_folders, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launch_with", ["flags", "config"])
-@pytest.mark.xdist_group("one_machine")
 def test_two_machines_train_what_one_machine_trains(one_machine, image_folders, tmp_path, launch_with):
     """Same world size, same ranks, same gloo all-reduce: weights and logged losses bit-identical to one machine's.
     Both machine ranks share one output_dir (a shared file system, which checkpoints need: every rank writes its RNG

@@ -53,7 +53,6 @@ def direct_scores(model_dir: Path, path: Path) -> torch.Tensor:
         return model(**processor(Image.open(path).convert("L"), return_tensors="pt")).logits.softmax(-1)[0]
 
 
-@pytest.mark.xdist_group("one_channel")
 def test_predict_reads_grayscale_and_says_pipeline_cannot_serve(model_dir, images, caplog):
     with caplog.at_level(logging.INFO, logger="modeling_vit_custom"):
         rows = list(predict(model_dir, [str(images)], top_k=3, num_workers=0, progress=False))
@@ -65,14 +64,12 @@ def test_predict_reads_grayscale_and_says_pipeline_cannot_serve(model_dir, image
         assert row["scores"] == pytest.approx(expected.sort(descending=True).values.tolist(), abs=1e-5)
 
 
-@pytest.mark.xdist_group("one_channel")
 def test_attention_figures_of_a_grayscale_model(model_dir, images, tmp_path):
     written = write_attention_figures(model_dir, [str(images)], tmp_path / "maps")
     assert [path.name for path in written] == ["gray.png", "colour.png"]
     assert all(Image.open(path).size[0] > 100 for path in written)
 
 
-@pytest.mark.xdist_group("one_channel")
 def test_export_measures_a_grayscale_model(model_dir, images, tmp_path):
     report = export_model(model_dir, "onnx", tmp_path / "model.onnx", measure=[str(images)], batch_size=2)
     fp32, int8 = report["measurement"]
@@ -84,7 +81,6 @@ def test_export_measures_a_grayscale_model(model_dir, images, tmp_path):
     assert fp32["top1"] == np.mean([int(expected[0].argmax()) == 0, int(expected[1].argmax()) == 1])
 
 
-@pytest.mark.xdist_group("one_channel")
 def test_hub_folder_of_a_grayscale_model_says_pipeline_cannot_serve_it(model_dir, images, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="modeling_vit_custom"):
         folder = push_run(

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_CONFIG
+from launch import execute
 from PIL import Image
 from transformers import pipeline
 
@@ -49,12 +49,10 @@ def images(tmp_path_factory) -> Path:
 
 
 def run_predict(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(REPO_ROOT / "scripts" / "predict.py"), *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    return execute(command, timeout=300)
 
 
-@pytest.mark.xdist_group("predict")
 def test_script_equals_the_pipeline_on_the_same_images(model_dir, images, tmp_path):
     output = tmp_path / "preds.jsonl"
     process = run_predict("--model", str(model_dir), str(images), "--output", str(output),
@@ -77,7 +75,6 @@ def test_script_equals_the_pipeline_on_the_same_images(model_dir, images, tmp_pa
         assert row["scores"] == pytest.approx([p["score"] for p in expected], abs=1e-5), row["path"]
 
 
-@pytest.mark.xdist_group("predict")
 def test_csv_rows_and_globs(model_dir, images, tmp_path):
     output = tmp_path / "preds.csv"
     process = run_predict("--model", str(model_dir), str(images / "photo_*.jpg"), str(images / "gray.png"),
@@ -96,7 +93,6 @@ def test_csv_rows_and_globs(model_dir, images, tmp_path):
     assert all(row["error"] == "" for row in table)
 
 
-@pytest.mark.xdist_group("predict")
 def test_bad_arguments_are_named_before_any_work(model_dir, images, tmp_path):
     process = run_predict("--model", str(model_dir), str(images), "--output", str(tmp_path / "preds.txt"))
     assert process.returncode == 1 and "--output: expected a file ending in .jsonl or .csv" in process.stderr

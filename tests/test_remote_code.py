@@ -181,7 +181,6 @@ def test_a_model_with_every_zoo_feature_loads_as_remote_code_and_in_a_pipeline(t
     assert len(result["predictions"]) == 3
 
 
-@pytest.mark.xdist_group("remote_code")
 def test_saved_folder_is_self_contained(saved_folders):
     package_dir = Path(modeling_vit_custom.__file__).parent
     for folder in saved_folders["folders"]:
@@ -195,7 +194,6 @@ def test_saved_folder_is_self_contained(saved_folders):
         assert config["auto_map"] == AUTO_MAP, folder
 
 
-@pytest.mark.xdist_group("remote_code")
 def test_saved_folders_load_as_remote_code(saved_folders, remote_report):
     """One test for the whole report: under pytest-xdist each worker would otherwise start its own interpreter."""
     assert remote_report["package_importable"] is False

@@ -19,6 +19,7 @@ from launch import (
     TINY,
     environment,
     events,
+    execute,
     final_weights,
     kill_once_exists,
     lr_by_step,
@@ -33,7 +34,7 @@ from modeling_vit_custom.training.checkpoints import TRAINING_STATE, list_checkp
 
 
 def fails(command: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=timeout)
+    result = execute(command, timeout=timeout)
     assert result.returncode != 0, result.stdout[-2000:] + result.stderr[-2000:]
     return result
 
@@ -59,7 +60,6 @@ def copy_of(run_dir: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(run_dir, tmp_path / "run"))
 
 
-@pytest.mark.xdist_group("finished")
 def test_finished_run_resumes_as_complete_and_extends_from_where_it_stopped(finished, image_folders, tmp_path):
     """Resumed with its own settings the run is complete and nothing in it changes; extended to 9 steps, it continues
     from the middle of epoch 0, on a 9-step run's schedule, and its record says so."""
@@ -102,7 +102,6 @@ def test_a_non_finite_step_never_reaches_disk(image_folders, tmp_path):
     assert not (out / "best").exists() and not (out / "final").exists()
 
 
-@pytest.mark.xdist_group("finished")
 def test_an_output_dir_holding_a_run_is_refused_unless_resumed_or_overwritten(finished, image_folders, tmp_path):
     out = copy_of(finished, tmp_path)
     metrics = (out / "metrics.jsonl").read_text()
@@ -223,7 +222,6 @@ def test_sigkill_while_a_checkpoint_is_written_leaves_the_previous_one_as_latest
     assert events(out, "summary")[-1]["total_steps"] == 12
 
 
-@pytest.mark.xdist_group("finished")
 def test_a_failing_checkpoint_write_stops_the_run_and_keeps_the_previous_checkpoint(finished, image_folders, tmp_path):
     """The finished run is extended while the file system refuses the next checkpoint (an immutable folder where it
     must be staged, which even root cannot write into)."""
@@ -266,7 +264,6 @@ def test_resume_on_another_process_count_continues_the_same_global_order(image_f
     assert lr_by_step(resumed) == {step: lr for step, lr in lr_by_step(reference).items() if step > 4}
 
 
-@pytest.mark.xdist_group("finished")
 def test_a_refused_resume_changes_nothing_and_names_what_differs(finished, image_folders, tmp_path):
     """Extending the finished run at another global batch, with another recipe or another optimizer is refused before
     anything in the run directory changes, naming what differs."""
@@ -355,7 +352,6 @@ def twelve_steps(image_folders, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("twelve_steps")
 def test_torch_compile_trains_saves_and_resumes_like_eager(twelve_steps, image_folders, tmp_path):
     """Compiled in place on CPU: the same losses as eager within float tolerance, best/ and final/ saved as plain
     model folders, and a compiled run resumed from its mid-run checkpoint."""
@@ -383,7 +379,6 @@ def test_torch_compile_trains_saves_and_resumes_like_eager(twelve_steps, image_f
     assert (compiled / "final" / "model.safetensors").is_file()
 
 
-@pytest.mark.xdist_group("twelve_steps")
 def test_resuming_from_an_earlier_checkpoint_sets_the_later_timeline_aside(twelve_steps, image_folders, tmp_path):
     """Resumed by path from step_3 for 8 steps, then from latest for 10: latest is the new timeline's step_8, not the
     abandoned step_12, and the abandoned models are kept apart."""

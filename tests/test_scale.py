@@ -3,13 +3,12 @@ raw model, the learning-rate floor, streams of known length, unlabelled splits r
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import datasets
 import pytest
-from launch import LAUNCH, ROOT, TINY, environment, events, lr_by_step, run, train_command, write_split
+from launch import LAUNCH, ROOT, TINY, events, execute, lr_by_step, run, train_command, write_split
 from safetensors.torch import load_file
 
 from modeling_vit_custom.data.sampling import EpochSampler
@@ -163,7 +162,7 @@ def test_a_stream_of_unknown_length_refuses_epoch_settings(tmp_path):
     write_split(folders[1], [4, 4, 4], seed=1)
     command = train_command(folders, tmp_path / "run", "--streaming", "--max_train_steps", "4",
                             "--warmup_epochs", "1")  # fmt: skip
-    result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=300)
+    result = execute(command, timeout=300)
     assert result.returncode != 0
     assert "--streaming from a source that does not record its length: epochs cannot be counted" in result.stderr
     assert "warmup_epochs=1.0" in result.stderr
@@ -176,8 +175,7 @@ def test_an_unlabelled_split_is_refused(image_folders, tmp_path, streaming):
     test = train.select(range(8)).map(lambda row: {"label": -1}, features=train.features)
     datasets.DatasetDict({"train": train, "test": test}).save_to_disk(tmp_path / "data")
     extra = ["--validation_split", "test", *(["--streaming", "--max_train_steps", "2"] if streaming else [])]
-    result = subprocess.run(train_command(tmp_path / "data", tmp_path / "run", *extra), env=environment(),
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = execute(train_command(tmp_path / "data", tmp_path / "run", *extra), timeout=300)
     assert result.returncode != 0
     where = "stream position 0" if streaming else "split 'test'"
     assert f"{where}: expected labels in [0, 3), got -1" in result.stderr
@@ -207,7 +205,7 @@ def test_dry_run_plan_of_the_deit_recipe_matches_deits_settings(image_folders, t
                "--train_dir", str(image_folders[0]), "--validation_dir", str(image_folders[1]),
                "--model_config_overrides", TINY + ",drop_path_rate=0.1", "--per_device_train_batch_size", "8",
                "--num_workers", "0", "--report_to", "none", "--output_dir", str(out), "--dry_run"]  # fmt: skip
-    refused = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=300)
+    refused = execute(command, timeout=300)
     # DeiT's absolute floor is above this batch's peak (5e-4 x 8 / 512): the schedule would climb to it. Refused.
     assert refused.returncode == 2 and "--lr_scheduler_kwargs min_lr 1e-05: expected a floor below the peak" in (
         refused.stderr

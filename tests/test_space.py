@@ -1,7 +1,6 @@
 """Tests of the Gradio Space that push_to_hub.py --space_dir writes: its files, and the check that starts its app."""
 
 import filecmp
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ import pytest
 import torch
 from conftest import TINY_CONFIG
 from huggingface_hub import SpaceCard
+from launch import execute
 
 from modeling_vit_custom import ViTCustomConfig, ViTCustomForImageClassification
 from modeling_vit_custom.image_processing import PreprocessSettings
@@ -31,13 +31,11 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 def push(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(REPO_ROOT / "scripts" / "push_to_hub.py"), *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    return execute(command)
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("space")
 def test_push_to_hub_writes_a_space_checked_by_classifying_through_its_app(model_dir, tmp_path):
     space = tmp_path / "space"
     process = push(str(model_dir), "--hub_model_id", "someone/vit-pets", "--revision_tag", "v1", "--dry_run",
@@ -62,7 +60,6 @@ def test_push_to_hub_writes_a_space_checked_by_classifying_through_its_app(model
     assert [p.name for p in (space / "examples").iterdir()] == ["grace_hopper.jpg"]
 
 
-@pytest.mark.xdist_group("space")
 def test_space_needs_a_repository_and_a_revision(model_dir, tmp_path):
     process = push(str(model_dir), "--hub_model_id", "someone/vit-pets", "--output_dir", str(tmp_path / "repo"),
                    "--space_dir", str(tmp_path / "space"))  # fmt: skip
@@ -71,7 +68,6 @@ def test_space_needs_a_repository_and_a_revision(model_dir, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.xdist_group("space")
 def test_a_space_whose_app_does_not_start_fails_its_check(model_dir, tmp_path):
     space = write_space(tmp_path / "space", "someone/vit-pets", "v1", sample_photos())
     app = space / "app.py"

@@ -15,6 +15,7 @@ from launch import (
     TINY,
     environment,
     events,
+    execute,
     final_weights,
     kill_once_exists,
     lr_by_step,
@@ -38,7 +39,6 @@ def single_run(image_folders, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.xdist_group("single_run")
 def test_single_process_run_writes_everything(single_run):
     eval_events = events(single_run, "eval")
     assert [e["step"] for e in eval_events] == [6, 12]
@@ -70,7 +70,6 @@ def test_single_process_run_writes_everything(single_run):
         }  # fmt: skip
 
 
-@pytest.mark.xdist_group("single_run")
 def test_final_model_loads_in_a_clean_process(single_run, tmp_path):
     code = (
         "import sys, torch\n"
@@ -90,7 +89,6 @@ def test_final_model_loads_in_a_clean_process(single_run, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("single_run")
 def test_two_processes_sync_gradients_and_count_every_sample(single_run, image_folders, tmp_path):
     """2 processes x batch 4 = the single run's global batch 8: same schedule, same evaluation counts."""
     out = tmp_path / "run"
@@ -114,7 +112,6 @@ def test_two_processes_sync_gradients_and_count_every_sample(single_run, image_f
     assert results[0]["eval_loss"] == pytest.approx(results[1]["eval_loss"], rel=1e-5)
 
 
-@pytest.mark.xdist_group("single_run")
 def test_learning_rate_schedule_is_the_same_with_gradient_accumulation(single_run, image_folders, tmp_path):
     """Batch 4 x 2 accumulation steps = batch 8: the schedule is in optimizer steps, so the lr at each step agrees."""
     out = tmp_path / "run"
@@ -212,7 +209,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(image_folde
     command = train_command(image_folders, out, "--learning_rate", "1e38", "--num_warmup_steps", "0",
                             "--checkpointing_steps", "1", "--logging_steps", "5",
                             "--max_train_steps", "10")  # fmt: skip
-    result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=300)
+    result = execute(command, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.count("train.py: error: Non-finite loss at step 2; stopping") == 1
     # The step-1 checkpoint (finite loss) is complete and nothing after it was saved.
@@ -248,9 +245,8 @@ def test_timm_run_saves_class_names_and_evaluates_from_its_folder(image_folders,
         "checkpoint": ["--model", "timm:vit_tiny_patch16_224", "--checkpoint", str(out / "final/model.safetensors")],
         "converted": ["--model_name_or_path", str(tmp_path / "converted")],
     }
-    refused = subprocess.run([sys.executable, str(ROOT / "scripts/predict.py"), "--model", str(out / "final"),
-                              "--output", str(tmp_path / "preds.jsonl"), str(image_folders[1])],
-                             env=environment(), capture_output=True, text=True)  # fmt: skip
+    refused = execute([sys.executable, str(ROOT / "scripts/predict.py"), "--model", str(out / "final"),
+                       "--output", str(tmp_path / "preds.jsonl"), str(image_folders[1])])  # fmt: skip
     conversion = f"python scripts/convert_timm.py --timm_model local-dir:{out / 'final'} --pretrained --output_dir DIR"
     assert refused.returncode != 0 and "--model: expected a vit-custom model folder, got a timm one" in refused.stderr
     assert conversion in refused.stderr and not (tmp_path / "preds.jsonl").exists()

@@ -129,17 +129,21 @@ def run(command: list[str]) -> subprocess.CompletedProcess:
     return result
 
 
-def execute(command: list[str], timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Runs `command` in environment() and returns its exit code and output, as subprocess.run does.
+def execute(
+    command: list[str], timeout: float = 600, cwd: Path | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Runs `command` in environment(), or `env`, and returns its exit code and output, as subprocess.run does.
 
     A script run by Python, directly or through accelerate's single-process launcher, runs in a new process forked
     from a server that has imported the libraries every script imports (torch, transformers, timm, datasets,
-    accelerate, matplotlib: most of a tiny run's time here), with the command line, environment and exit code it
-    would have had: accelerate's own code reads the launch flags and gives the command and environment its launcher
-    would run. Anything else (several processes, `python -c`) is a subprocess."""
+    accelerate, matplotlib: most of a tiny run's time here), with the command line, working folder, environment and
+    exit code it would have had: accelerate's own code reads the launch flags and gives the command and environment
+    its launcher would run. Anything else (several processes, `python -c`), and any command given its own `env` (the
+    libraries read some variables as they import), runs in a new interpreter."""
     plain = _as_script_command(command)
-    if plain is None or environment() != STARTING_ENVIRONMENT:  # the libraries read some variables as they import
-        return subprocess.run(command, env=environment(), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if plain is None or env is not None:
+        env = environment() if env is None else env
+        return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     argv, env = plain
     with tempfile.TemporaryDirectory() as folder:
         out, err = Path(folder, "stdout"), Path(folder, "stderr")
@@ -153,18 +157,16 @@ def execute(command: list[str], timeout: float = 600, cwd: Path | None = None) -
         return subprocess.CompletedProcess(command, process.exitcode, out.read_text(), err.read_text())
 
 
-# What every script imports, loaded once by the fork server, with the environment of the session's start (before any
-# test changes it), which is what they read as they import.
+# What every script imports, loaded once by the fork server, which reads environment() as it starts.
 PRELOAD = ["torch", "torchvision.transforms.v2", "timm.data", "timm.utils", "transformers.modeling_utils",
            "transformers.optimization", "datasets", "accelerate", "matplotlib.pyplot"]  # fmt: skip
-STARTING_ENVIRONMENT = environment()
 
 
 @functools.cache
 def _forkserver() -> multiprocessing.context.ForkServerContext:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
-    with mock.patch.dict(os.environ, STARTING_ENVIRONMENT, clear=True):
+    with mock.patch.dict(os.environ, environment(), clear=True):
         multiprocessing.forkserver.ensure_running()
     return context
 

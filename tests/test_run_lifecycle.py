@@ -33,8 +33,8 @@ from safetensors.torch import load_file
 from modeling_vit_custom.training.checkpoints import TRAINING_STATE, list_checkpoints
 
 
-def fails(command: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    result = execute(command, timeout=timeout)
+def fails(command: list[str], timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = execute(command, timeout=timeout, env=env)
     assert result.returncode != 0, result.stdout[-2000:] + result.stderr[-2000:]
     return result
 
@@ -151,13 +151,12 @@ def test_bad_settings_are_refused_before_any_data_is_read(tmp_path, flags, messa
     assert not (tmp_path / "run").exists()
 
 
-def test_torch_compile_without_a_cxx_compiler_is_refused_before_any_data_is_read(tmp_path, monkeypatch):
+def test_torch_compile_without_a_cxx_compiler_is_refused_before_any_data_is_read(tmp_path):
     """Inductor would fail at the first training step, after the data is decoded; the run stops at the flag."""
-    monkeypatch.setenv("CXX", "no-such-compiler++")
     missing = tmp_path / "no_such_folder"
     command = [sys.executable, str(ROOT / "scripts/train.py"), "--train_dir", str(missing), "--validation_dir",
                str(missing), "--output_dir", str(tmp_path / "run"), "--report_to", "none"]  # fmt: skip
-    result = fails([*command, "--torch_compile"], timeout=120)
+    result = fails([*command, "--torch_compile"], timeout=120, env={**environment(), "CXX": "no-such-compiler++"})
     assert "--torch_compile: torch.compile's inductor builds its kernels with a C++ compiler and found none" in (
         result.stderr
     )

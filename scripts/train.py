@@ -186,28 +186,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, aug_args: Augmen
 
     # -- The run's record: written once the run is accepted, so that it says what this run trains.
     num_parameters = sum(p.numel() for p in model.parameters())
-    facts = {
-        "dataset_name": data_args.hub_dataset_name,
-        "data_path": loaders.data_path(train_loader, streaming),
-        "num_processes": accelerator.num_processes,
-        "global_batch_size": global_batch_size,
-        "effective_learning_rate": lr,
-        "max_train_steps": max_train_steps,
-        "mixed_precision": accelerator.mixed_precision,
-        # The split evaluated on (None: held out of train), and where it ran, for the model card.
-        "evaluation_split": splits.validation_split,
-        "device": torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda" else "CPU",
-        "num_parameters": num_parameters,
-        "distributed_type": accelerator.distributed_type.value,
-        "parameters_per_process": parameters_per_process,
-    }
-    if accelerator.is_main_process:
-        if args.overwrite_output_dir:
-            run_log.clear_previous_run(output_dir)
-        run_log.write_run_config(output_dir, settings, **facts)
-    accelerator.wait_for_everyone()
-    accelerator.init_trackers("vit_custom", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                                                    for k, v in {**settings, **facts}.items()})  # fmt: skip
+    run_log.start_record(
+        accelerator, output_dir, settings, overwrite=args.overwrite_output_dir,
+        dataset_name=data_args.hub_dataset_name, data_path=loaders.data_path(train_loader, streaming),
+        global_batch_size=global_batch_size, effective_learning_rate=lr, max_train_steps=max_train_steps,
+        evaluation_split=splits.validation_split,  # None: held out of train (for the model card)
+        num_parameters=num_parameters, parameters_per_process=parameters_per_process,
+    )  # fmt: skip
     metrics = run_log.MetricsLog(output_dir / run_log.METRICS_FILE, accelerator.is_main_process)
     evaluator = Evaluator(eval_loader, eval_normalize, accelerator, num_classes, not streaming, multi_label)
     guard = FiniteLossGuard(accelerator, output_dir / "checkpoints")

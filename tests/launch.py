@@ -140,8 +140,8 @@ def execute(
     exit code it would have had: accelerate's own code reads the launch flags and gives the command and environment
     its launcher would run. Anything else (several processes, `python -c`), and any command given its own `env` (the
     libraries read some variables as they import), runs in a new interpreter."""
-    plain = _as_script_command(command)
-    if plain is None or env is not None:
+    plain = None if env is not None else _as_script_command(command)
+    if plain is None:
         env = environment() if env is None else env
         return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     argv, env = plain

@@ -68,6 +68,28 @@ def write_run_config(output_dir: Path, settings: dict, **facts) -> None:
     write_json({**settings, **facts}, output_dir / RUN_CONFIG_FILE)
 
 
+def start_record(accelerator, output_dir: Path, settings: dict, overwrite: bool, **facts) -> None:
+    """Once the run is accepted: clears a run it overwrites, writes run_config.json (the flags, `facts` and how the
+    processes run: their count, precision, device, distribution) and starts the trackers with the same values."""
+    import torch
+
+    device = accelerator.device
+    facts = {
+        **facts,
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
+        "distributed_type": accelerator.distributed_type.value,
+    }
+    if accelerator.is_main_process:
+        if overwrite:
+            clear_previous_run(output_dir)
+        write_run_config(output_dir, settings, **facts)
+    accelerator.wait_for_everyone()
+    accelerator.init_trackers("vit_custom", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                    for k, v in {**settings, **facts}.items()})  # fmt: skip
+
+
 class MetricsLog:
     """Appends one JSON object per event to metrics.jsonl (main process only)."""
 
